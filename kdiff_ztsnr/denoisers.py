@@ -1,0 +1,171 @@
+"""v-prediction Karras preconditioners that stay exact at σ = ∞ (report appendix A.1, eq. 1, 10-18).
+
+Convention: at σ = ∞ the sampler state is the unit-variance noise n itself (x₀ = σ₀·n with σ₀ → ∞ factored
+out, eq. 3-9). The wrappers then bypass c_in (the network sees n, eq. 17-18), use c_skip = 0 and
+c_out = −σ_data (eq. 13-14), and condition the network on the terminal timestep.
+
+All noise scaling (c_in·x, σ·n) runs in float32 whatever the network's dtype (report A.2), so fp16/bf16
+networks receive finite inputs at σ = 20000 and σ = ∞; results come back in the input's dtype.
+"""
+
+import math
+from typing import Optional
+
+import torch
+from k_diffusion import external, utils
+from torch import Tensor, nn
+
+from . import schedules
+
+
+def v_scalings(sigma: Tensor, sigma_data: float = 1.) -> tuple[Tensor, Tensor, Tensor]:
+    """c_skip, c_out, c_in of eq. 10-12 in float32, with their σ → ∞ limits (eq. 13-14, c_in := 1: bypass)."""
+    sigma = sigma.to(torch.promote_types(sigma.dtype, torch.float32))    # float32 at least, float64 kept
+    c_skip = sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)              # Equation 10 (→ 0)
+    c_out = -sigma_data / (1 + (sigma_data / sigma) ** 2).sqrt()          # Equation 11 (→ −σ_data)
+    c_in = torch.where(sigma.isinf(), torch.ones_like(sigma),
+                       (sigma ** 2 + sigma_data ** 2).rsqrt())            # Equation 12; bypass at ∞
+    return c_skip, c_out, c_in
+
+
+def module_dtype(module: nn.Module, default: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype of a module's first floating-point parameter (what its inputs should be cast to)."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return default
+
+
+class VPreconditioner(nn.Module):
+    """Shared v-prediction preconditioning (eq. 1); subclasses define sigma_to_t and get_v."""
+
+    def __init__(self, inner_model: nn.Module, sigma_data: float = 1.):
+        nn.Module.__init__(self)  # not super(): DiscreteSchedule's __init__ builds a log table that breaks at ∞
+        self.inner_model = inner_model
+        self.sigma_data = sigma_data
+
+    def get_scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return v_scalings(sigma, self.sigma_data)
+
+    def get_v(self, *args, **kwargs) -> Tensor:
+        return self.inner_model(*args, **kwargs)
+
+    def _call(self, x_in: Tensor, sigma: Tensor, **kwargs) -> Tensor:
+        x_in = x_in.to(module_dtype(self.inner_model))
+        return self.get_v(x_in, self.sigma_to_t(sigma), **kwargs)
+
+    def loss(self, input: Tensor, noise: Tensor, sigma: Tensor, **kwargs) -> Tensor:
+        """Per-sample v-prediction MSE [B]; exact at σ = ∞ (network input n, target −x/σ_data)."""
+        dtype = torch.promote_types(input.dtype, torch.float32)
+        sigma, sd = sigma.to(dtype), self.sigma_data
+        a = utils.append_dims((sigma ** 2 + sd ** 2).rsqrt(), input.ndim)          # VP signal scale / σ_d: → 0
+        b = utils.append_dims((1 + (sd / sigma) ** 2).rsqrt(), input.ndim)         # σ·a, VP noise scale: → 1
+        x0, n = input.to(dtype), noise.to(dtype)
+        model_output = self._call(a * x0 + b * n, sigma, **kwargs)                 # c_in·(x + σn)
+        target = sd * a * n - b / sd * x0                                          # (x − c_skip·x_σ)/c_out
+        return (model_output.to(dtype) - target).pow(2).flatten(1).mean(1)
+
+    def forward(self, input: Tensor, sigma: Tensor, **kwargs) -> Tensor:
+        c_skip, c_out, c_in = [utils.append_dims(c, input.ndim) for c in self.get_scalings(sigma)]
+        x = input.to(torch.promote_types(input.dtype, torch.float32))          # noise scaling in ≥ float32
+        v = self._call(x * c_in, sigma, **kwargs).to(x.dtype)
+        return (v * c_out + x * c_skip).to(input.dtype)
+
+
+class DiscreteVDenoiser(VPreconditioner, external.DiscreteSchedule):
+    """k-diffusion's DiscreteVDDPMDenoiser for timestep-conditioned v networks, exact at σ = ∞.
+
+    inner_model(x_in, t, **extra) -> v, t a float in [0, T−1]. With a zero-terminal-SNR ᾱ table, σ(T−1) = ∞;
+    sigma_max=20000. clamps the table's last sigma to that value (report A.2), so every unmodified
+    k-diffusion sampler works. Above the last finite table sigma, t is interpolated linearly in √ᾱ, so
+    σ ∈ (σ[T−2], ∞] maps strictly monotonically onto (T−2, T−1].
+    """
+
+    def __init__(self,
+                 inner_model: nn.Module,          # v network: (x_in, t, **extra) -> v
+                 alphas_cumprod: Tensor,          # ᾱ table [T]; ᾱ[-1] = 0 for zero terminal SNR
+                 quantize: bool = False,          # round t to the nearest integer timestep
+                 sigma_max: Optional[float] = None,  # clamp the table's top sigma (e.g. 20000., report A.2)
+                 sigma_data: float = 1.):
+        sigmas = schedules.sigmas_from_alphas_cumprod(torch.as_tensor(alphas_cumprod))
+        if sigma_max is not None:
+            if not sigma_max > sigmas[-2]:
+                raise ValueError(f'sigma_max={sigma_max} must exceed the largest finite table sigma '
+                                 f'{sigmas[-2].item():.6g}; clamping lower would merge timesteps')
+            sigmas = sigmas.clamp(max=sigma_max)
+        VPreconditioner.__init__(self, inner_model, sigma_data)
+        self.register_buffer('sigmas', sigmas.float())
+        self.register_buffer('log_sigmas', sigmas.log().float())
+        self.quantize = quantize
+
+    @property
+    def sigma_max_finite(self) -> Tensor:
+        """The largest finite sigma of the table (σ[T−2] ≈ 2254.24 for SDXL-ZTSNR; 20000 when clamped)."""
+        finite = self.sigmas[self.sigmas.isfinite()]
+        return finite[-1]
+
+    def sigma_to_t(self, sigma: Tensor, quantize: Optional[bool] = None) -> Tensor:
+        quantize = self.quantize if quantize is None else quantize
+        sigma = torch.as_tensor(sigma, device=self.sigmas.device).float()
+        log_f = self.log_sigmas[self.log_sigmas.isfinite()]                      # finite part, ascending
+        log_sigma = sigma.log()
+        low = (torch.searchsorted(log_f, log_sigma.reshape(-1), right=True) - 1).clamp(0, len(log_f) - 2)
+        low = low.view(sigma.shape)
+        w = ((log_sigma - log_f[low]) / (log_f[low + 1] - log_f[low])).clamp(0, 1)
+        t = low + w
+        if len(log_f) < len(self.log_sigmas):                                     # ∞ on top: the √ᾱ ramp
+            sqrt_ac, sqrt_ac_top = (1 + sigma ** 2).rsqrt(), (1 + self.sigmas[-2] ** 2).rsqrt()
+            t_top = (len(log_f) - 1) + (1 - sqrt_ac / sqrt_ac_top)
+            t = torch.where(sigma > self.sigmas[-2], t_top, t)
+        return t.round().long() if quantize else t
+
+    def t_to_sigma(self, t: Tensor) -> Tensor:
+        t = torch.as_tensor(t, device=self.sigmas.device).float()
+        n_f = int(self.sigmas.isfinite().sum())
+        low = t.floor().long().clamp(0, n_f - 1)
+        high = t.ceil().long().clamp(0, n_f - 1)
+        w = t.frac()
+        sigma = ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
+        sigma = torch.where(w == 0, self.sigmas[low], sigma)                      # table values exactly
+        if n_f < len(self.sigmas):
+            sqrt_ac = (n_f - t).clamp(0, 1) * (1 + self.sigmas[n_f - 1] ** 2).rsqrt()
+            sigma = torch.where(t > n_f - 1, (1 - sqrt_ac ** 2).sqrt() / sqrt_ac, sigma)
+        return sigma
+
+    def get_sigmas(self, n: Optional[int] = None) -> Tensor:
+        """The report's "native" schedule: t = linspace(T−1, 0, n), σ(t), then 0 (for n=28: ∞, 56.18, …, 0)."""
+        if n is None:
+            return torch.cat([self.sigmas.flip(0), self.sigmas.new_zeros([1])])
+        t = torch.linspace(len(self.sigmas) - 1, 0, n, device=self.sigmas.device)
+        return torch.cat([self.t_to_sigma(t), self.sigmas.new_zeros([1])])
+
+
+class VDenoiser(VPreconditioner):
+    """v wrapper for σ-conditioned networks (k-diffusion's own models, v-diffusion).
+
+    The network's noise conditioning is t = atan(σ/σ_data)·2/π ∈ [0, 1], finite at σ = ∞ (t = 1).
+    """
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        return (sigma.float() / self.sigma_data).atan() * (2 / math.pi)
+
+    def t_to_sigma(self, t: Tensor) -> Tensor:
+        return torch.where(t >= 1, torch.full_like(t, math.inf), (t * math.pi / 2).tan() * self.sigma_data)
+
+
+class CompVisVDenoiser(DiscreteVDenoiser):
+    """Adaptor for CompVis/SGM-style models exposing apply_model(x, t, cond) and alphas_cumprod.
+
+    Pass zero_terminal_snr=True when the checkpoint was trained on the rescaled schedule but carries
+    SDXL's original ᾱ buffer.
+    """
+
+    def __init__(self, model: nn.Module, quantize: bool = False, sigma_max: Optional[float] = None,
+                 zero_terminal_snr: bool = False, sigma_data: float = 1.):
+        ac = model.alphas_cumprod.detach().double().cpu()
+        if zero_terminal_snr:
+            ac = schedules.rescale_zero_terminal_snr(ac)
+        super().__init__(model, ac, quantize=quantize, sigma_max=sigma_max, sigma_data=sigma_data)
+
+    def get_v(self, x: Tensor, t: Tensor, cond=None, **kwargs) -> Tensor:
+        return self.inner_model.apply_model(x, t, cond, **kwargs)

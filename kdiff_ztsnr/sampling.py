@@ -1,0 +1,173 @@
+"""Drop-in k-diffusion samplers that can start at σ = ∞ (report appendix A.1, eq. 9-18).
+
+Every public ``sample_*`` of ``k_diffusion.sampling`` is here with the same name and signature. When
+``sigmas[0]`` is ∞, ``x`` is the unit-variance noise n; the first step is the report's special-cased Euler
+step x₁ = σ₁·n + D(n; ∞) (eq. 9), one model call, and the k-diffusion sampler then continues on
+``sigmas[1:]`` like img2img. When ``sigmas[0]`` is finite the k-diffusion sampler runs unchanged.
+
+Ancestral and SDE samplers take the ancestral form of the first step: x₁ = σ_down·n + D + σ_up·s_noise·z,
+the σ₀ → ∞ limit of their own step (σ_down = 0, σ_up = σ₁ at eta = 1). Their Brownian trees are built by
+k-diffusion from the finite part ``sigmas[1:]``, so they neither hang nor recurse.
+
+``sample_dpm_fast`` and ``sample_dpm_adaptive`` take (sigma_min, sigma_max) rather than a schedule; they
+refuse sigma_max = ∞ with an error: run :func:`infinite_step` first, then call them with sigma_max = σ₁.
+"""
+
+import functools
+import inspect
+import math
+from typing import Callable, Optional
+
+import torch
+from k_diffusion import sampling as k_sampling
+from torch import Tensor
+
+from .schedules import validate_sigmas
+
+# Samplers whose noise injection is exp(−η·h)-based: their σ₀ → ∞ limit adds all of σ₁ as noise for any η > 0.
+_EXPONENTIAL_SDE = {'sample_dpmpp_2m_sde', 'sample_dpmpp_3m_sde'}
+
+
+def checked_model(model: Callable) -> Callable:
+    """Wrap a denoiser so a non-finite output raises at once, naming the noise level, instead of spreading."""
+    @functools.wraps(model)
+    def denoise(x, sigma, **kwargs):
+        denoised = model(x, sigma, **kwargs)
+        if not torch.isfinite(denoised).all():
+            s = sigma.flatten()[0].item() if torch.is_tensor(sigma) else sigma
+            raise FloatingPointError(f'the model returned NaN or inf at sigma={s:.6g} '
+                                     f'({(~torch.isfinite(denoised)).sum().item()} elements)')
+        return denoised
+    return denoise
+
+
+def infinite_sigmas_up(sigma_1: Tensor, eta: float = 1., exponential_sde: bool = False) -> tuple[Tensor, Tensor]:
+    """(σ_down, σ_up) of an ancestral step from σ₀ = ∞ to σ₁: the limit of k-diffusion's get_ancestral_step."""
+    if exponential_sde:
+        sigma_up = sigma_1 if eta else sigma_1 * 0
+    else:
+        sigma_up = torch.minimum(sigma_1, eta * sigma_1)
+    return (sigma_1 ** 2 - sigma_up ** 2).sqrt(), sigma_up
+
+
+def infinite_step(model: Callable, n: Tensor, sigma_1: Tensor, extra_args: Optional[dict] = None,
+                  sigma_up: Optional[Tensor] = None, s_noise: float = 1., noise: Optional[Tensor] = None,
+                  callback: Optional[Callable] = None) -> Tensor:
+    """The first step from σ₀ = ∞ (eq. 9): x₁ = σ_down·n + D(n; ∞) + σ_up·s_noise·z, one model call.
+
+    n [B, ...]: unit-variance noise (the σ = ∞ state). With sigma_up = None (or 0) this is the
+    deterministic Euler step x₁ = σ₁·n + D(n; ∞) = σ₁·n − σ_data·F(n; t_max) (eq. 18).
+    """
+    extra_args = {} if extra_args is None else extra_args
+    sigma_1 = torch.as_tensor(sigma_1, dtype=torch.float32, device=n.device)
+    sigma_up = sigma_1 * 0 if sigma_up is None else torch.as_tensor(sigma_up, device=n.device)
+    sigma_down = (sigma_1 ** 2 - sigma_up ** 2).clamp(min=0).sqrt()
+    s_in = n.new_ones([n.shape[0]])
+    denoised = checked_model(model)(n, math.inf * s_in, **extra_args)
+    if callback is not None:
+        callback({'x': n, 'i': 0, 'sigma': sigma_1.new_tensor(math.inf), 'sigma_hat': sigma_1.new_tensor(math.inf),
+                  'denoised': denoised})
+    x = sigma_down * n + denoised
+    if sigma_up > 0:
+        z = torch.randn_like(n) if noise is None else noise
+        x = x + z * s_noise * sigma_up
+    return x
+
+
+def _shift_callback(callback: Optional[Callable]) -> Optional[Callable]:
+    """Renumber the continuing sampler's steps so the first step keeps i = 0."""
+    if callback is None:
+        return None
+    return lambda info: callback({**info, 'i': info['i'] + 1})
+
+
+def ztsnr(sampler: Callable, ancestral: Optional[bool] = None) -> Callable:
+    """Give a k-diffusion-signature sampler (model, x, sigmas, ...) the exact first step from σ = ∞.
+
+    ancestral: whether the first step injects noise (default: the sampler takes ``eta``).
+    """
+    sig = inspect.signature(sampler)
+    ancestral = 'eta' in sig.parameters if ancestral is None else ancestral
+    exponential_sde = sampler.__name__ in _EXPONENTIAL_SDE
+
+    @functools.wraps(sampler)
+    def sample(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        sigmas = a['sigmas']
+        validate_sigmas(sigmas)
+        a['model'] = checked_model(a['model'])
+        if not math.isinf(sigmas[0]):
+            return sampler(*bound.args, **bound.kwargs)
+        sigma_up, z = None, None
+        if ancestral:
+            _, sigma_up = infinite_sigmas_up(sigmas[1], a.get('eta', 1.), exponential_sde)
+            if a.get('noise_sampler') is not None and sigma_up > 0:
+                z = a['noise_sampler'](sigmas[0], sigmas[1])
+        x = infinite_step(a['model'], a['x'], sigmas[1], a['extra_args'], sigma_up, a.get('s_noise', 1.), z,
+                          a['callback'])
+        if len(sigmas) == 2 or sigmas[1] == 0:
+            return x
+        a['x'], a['sigmas'], a['callback'] = x, sigmas[1:], _shift_callback(a['callback'])
+        return sampler(*bound.args, **bound.kwargs)
+    return sample
+
+
+def _finite_sigma_max(sampler: Callable) -> Callable:
+    """For (sigma_min, sigma_max) samplers: refuse σ_max = ∞ clearly, else run k-diffusion's unchanged."""
+    sig = inspect.signature(sampler)
+
+    @functools.wraps(sampler)
+    def sample(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        sigma_max = float(bound.arguments['sigma_max'])
+        if math.isinf(sigma_max) or math.isnan(sigma_max):
+            raise ValueError(f'{sampler.__name__} cannot start at sigma_max={sigma_max}: it integrates in log σ '
+                             f'between finite bounds. Take the exact first step with '
+                             f'kdiff_ztsnr.sampling.infinite_step(model, x, sigma_1) and call it with '
+                             f'sigma_max=sigma_1, or use a schedule-based sampler.')
+        bound.arguments['model'] = checked_model(bound.arguments['model'])
+        return sampler(*bound.args, **bound.kwargs)
+    return sample
+
+
+class BrownianTreeNoiseSampler(k_sampling.BrownianTreeNoiseSampler):
+    """k-diffusion's Brownian-tree noise sampler over the finite range, extended to intervals reaching ∞.
+
+    The normalised increment over [σ₁, ∞) is independent of every finite interval, so it is a standard
+    normal drawn once from ``seed``. Build the tree with sigma_max = the largest finite sigma.
+    """
+
+    def __init__(self, x: Tensor, sigma_min: float, sigma_max: float, seed: Optional[int] = None,
+                 transform: Callable = lambda x: x):
+        if math.isinf(float(sigma_max)):
+            raise ValueError('build the Brownian tree over the finite part: sigma_max must be the largest finite '
+                             'sigma (e.g. sigmas[1] of a schedule starting at ∞)')
+        super().__init__(x, sigma_min, sigma_max, seed, transform)
+        gen = torch.Generator(device='cpu')
+        gen.manual_seed(int(seed[0] if isinstance(seed, (list, tuple)) else seed) if seed is not None
+                        else int(torch.randint(0, 2 ** 62, []).item()))
+        self.infinite_noise = torch.randn(x.shape, generator=gen, dtype=torch.float32).to(x)
+
+    def __call__(self, sigma, sigma_next):
+        if math.isinf(float(sigma)) or math.isinf(float(sigma_next)):
+            return self.infinite_noise
+        return super().__call__(sigma, sigma_next)
+
+
+sample_euler = ztsnr(k_sampling.sample_euler)
+sample_euler_ancestral = ztsnr(k_sampling.sample_euler_ancestral)
+sample_heun = ztsnr(k_sampling.sample_heun)
+sample_dpm_2 = ztsnr(k_sampling.sample_dpm_2)
+sample_dpm_2_ancestral = ztsnr(k_sampling.sample_dpm_2_ancestral)
+sample_lms = ztsnr(k_sampling.sample_lms)
+sample_dpm_fast = _finite_sigma_max(k_sampling.sample_dpm_fast)
+sample_dpm_adaptive = _finite_sigma_max(k_sampling.sample_dpm_adaptive)
+sample_dpmpp_2s_ancestral = ztsnr(k_sampling.sample_dpmpp_2s_ancestral)
+sample_dpmpp_sde = ztsnr(k_sampling.sample_dpmpp_sde)
+sample_dpmpp_2m = ztsnr(k_sampling.sample_dpmpp_2m)
+sample_dpmpp_2m_sde = ztsnr(k_sampling.sample_dpmpp_2m_sde)
+sample_dpmpp_3m_sde = ztsnr(k_sampling.sample_dpmpp_3m_sde)
+
+SAMPLERS = {name[len('sample_'):]: fn for name, fn in globals().items() if name.startswith('sample_')}

@@ -1,0 +1,130 @@
+"""Noise-schedule tables and sigma schedules for Zero Terminal SNR (report §2.2-2.3, DESIGN.md 1-2).
+
+Pure functions. Tables are computed in float64; a zero-terminal-SNR table ends in σ = ∞. Schedule
+builders return k-diffusion's layout: a descending 1-D tensor of sigmas with 0 appended.
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+SDXL_BETA_START = 0.00085
+SDXL_BETA_END = 0.012
+NUM_TIMESTEPS = 1000
+
+
+def scaled_linear_betas(n: int = NUM_TIMESTEPS, beta_start: float = SDXL_BETA_START,
+                        beta_end: float = SDXL_BETA_END) -> Tensor:
+    """SD/SDXL's "scaled linear" betas: linspace(√β_start, √β_end, n)², float64 [n]."""
+    return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, n, dtype=torch.float64) ** 2
+
+
+def alphas_cumprod(betas: Tensor) -> Tensor:
+    """ᾱ_t = Π_{s≤t} (1 − β_s), float64 [n]."""
+    return torch.cumprod(1 - betas.double(), dim=0)
+
+
+def rescale_zero_terminal_snr(alphas_cumprod: Tensor) -> Tensor:
+    """Lin et al. (2305.08891) Algorithm 1: shift and scale √ᾱ so the last is exactly 0, the first unchanged."""
+    sqrt_ac = alphas_cumprod.double().sqrt()
+    first, last = sqrt_ac[0].clone(), sqrt_ac[-1].clone()
+    sqrt_ac = (sqrt_ac - last) * first / (first - last)
+    sqrt_ac[-1] = 0.  # exact, not a rounding residue
+    return sqrt_ac ** 2
+
+
+def sigmas_from_alphas_cumprod(alphas_cumprod: Tensor) -> Tensor:
+    """VE noise levels σ = √((1 − ᾱ)/ᾱ); ᾱ = 0 gives σ = ∞ (not NaN)."""
+    ac = alphas_cumprod.double()
+    return torch.where(ac > 0, ((1 - ac) / ac.clamp(min=torch.finfo(ac.dtype).tiny)).sqrt(),
+                       torch.full_like(ac, math.inf))
+
+
+def sdxl_alphas_cumprod() -> Tensor:
+    """SDXL's ᾱ table (σ_min 0.029167, σ_max 14.6146)."""
+    return alphas_cumprod(scaled_linear_betas())
+
+
+def ztsnr_alphas_cumprod() -> Tensor:
+    """SDXL's ᾱ table rescaled to zero terminal SNR (σ[998] ≈ 2254.24, σ[999] = ∞), as NAIv3 trains on."""
+    return rescale_zero_terminal_snr(sdxl_alphas_cumprod())
+
+
+def snr(sigma: Tensor, sigma_data: float = 1.) -> Tensor:
+    """Signal-to-noise ratio σ_data²/σ²; 0 at σ = ∞, ∞ at σ = 0."""
+    return sigma_data ** 2 / sigma ** 2
+
+
+def check_finite_sigma_max(sigma_max: float, name: str = 'sigma_max') -> float:
+    """Refuse σ_max = ∞ (or NaN, or ≤ 0) for builders that interpolate in σ."""
+    sigma_max = float(sigma_max)
+    if math.isnan(sigma_max) or math.isinf(sigma_max) or sigma_max <= 0:
+        raise ValueError(f'{name} must be finite and positive, got {sigma_max}: these schedules interpolate '
+                         f'between finite sigmas; pass the largest finite sigma (e.g. 2254.24 for ZTSNR) and '
+                         f'prepend_inf=True to start at σ=∞')
+    return sigma_max
+
+
+def _finish(sigmas: Tensor, prepend_inf: bool, device) -> Tensor:
+    parts = ([sigmas.new_full([1], math.inf)] if prepend_inf else []) + [sigmas, sigmas.new_zeros([1])]
+    return torch.cat(parts).to(device)
+
+
+def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7., prepend_inf: bool = True,
+                      device='cpu') -> Tensor:
+    """Karras et al. (2022) ramp over [σ_min, σ_max]; with prepend_inf, ∞ then n − 1 finite sigmas, then 0.
+
+    n counts steps (model calls of an Euler sampler), as in k-diffusion; the result has n + 1 entries.
+    """
+    sigma_max = check_finite_sigma_max(sigma_max)
+    m = n - 1 if prepend_inf else n
+    ramp = torch.linspace(0, 1, m, dtype=torch.float64)
+    min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+    return _finish(sigmas.float(), prepend_inf, device)
+
+
+def get_sigmas_exponential(n: int, sigma_min: float, sigma_max: float, prepend_inf: bool = True,
+                           device='cpu') -> Tensor:
+    """Sigmas uniform in log σ over [σ_min, σ_max]; with prepend_inf, ∞ first (n + 1 entries with the 0)."""
+    sigma_max = check_finite_sigma_max(sigma_max)
+    m = n - 1 if prepend_inf else n
+    sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), m, dtype=torch.float64).exp()
+    return _finish(sigmas.float(), prepend_inf, device)
+
+
+def get_sigmas_polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.,
+                               prepend_inf: bool = True, device='cpu') -> Tensor:
+    """Polynomial in log σ over [σ_min, σ_max]; with prepend_inf, ∞ first (n + 1 entries with the 0)."""
+    sigma_max = check_finite_sigma_max(sigma_max)
+    m = n - 1 if prepend_inf else n
+    ramp = torch.linspace(1, 0, m, dtype=torch.float64) ** rho
+    sigmas = torch.exp(ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min))
+    return _finish(sigmas.float(), prepend_inf, device)
+
+
+def scale_sigma_for_resolution(sigma: float, side: float, base_side: float) -> float:
+    """Report §2.3 rule of thumb: doubling the canvas side doubles σ_max (∞ stays ∞)."""
+    return sigma * side / base_side
+
+
+def validate_sigmas(sigmas: Tensor) -> None:
+    """Clear errors for schedules no sampler can follow: NaN, not 1-D, unsorted, ∞ not first, negative."""
+    if sigmas.ndim != 1 or len(sigmas) < 1:
+        raise ValueError(f'sigmas must be a non-empty 1-D tensor, got shape {tuple(sigmas.shape)}')
+    if torch.isnan(sigmas).any():
+        raise ValueError(f'sigmas contain NaN at positions {torch.isnan(sigmas).nonzero().flatten().tolist()}')
+    inf_at = torch.isinf(sigmas).nonzero().flatten().tolist()
+    if inf_at == [0] and len(sigmas) < 2:
+        raise ValueError('a schedule starting at σ=∞ needs at least one more sigma to step to')
+    if inf_at and inf_at != [0]:
+        raise ValueError(f'σ=∞ may only be the first sigma (the zero-terminal-SNR step), found at positions {inf_at}')
+    if (sigmas < 0).any():
+        raise ValueError(f'sigmas must be non-negative, got {sigmas.min().item()}')
+    finite = sigmas[1:] if inf_at else sigmas
+    bad = (finite[1:] >= finite[:-1]).nonzero().flatten()
+    if len(bad):
+        i = bad[0].item() + (1 if inf_at else 0)
+        raise ValueError(f'sigmas must be strictly decreasing, but sigmas[{i}]={sigmas[i].item():.6g} <= '
+                         f'sigmas[{i + 1}]={sigmas[i + 1].item():.6g}')
