@@ -145,10 +145,12 @@ class BrownianTreeNoiseSampler(k_sampling.BrownianTreeNoiseSampler):
             raise ValueError('build the Brownian tree over the finite part: sigma_max must be the largest finite '
                              'sigma (e.g. sigmas[1] of a schedule starting at ∞)')
         super().__init__(x, sigma_min, sigma_max, seed, transform)
-        gen = torch.Generator(device='cpu')
-        gen.manual_seed(int(seed[0] if isinstance(seed, (list, tuple)) else seed) if seed is not None
-                        else int(torch.randint(0, 2 ** 62, []).item()))
-        self.infinite_noise = torch.randn(x.shape, generator=gen, dtype=torch.float32).to(x)
+        seed = int(torch.randint(0, 2 ** 62, []).item()) if seed is None else seed
+        if isinstance(seed, (list, tuple)):      # one tree per batch item, as k-diffusion: one draw per item
+            draws = [torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seed]
+            self.infinite_noise = torch.stack(draws).to(x)
+        else:
+            self.infinite_noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(int(seed))).to(x)
 
     def __call__(self, sigma, sigma_next):
         if math.isinf(float(sigma)) or math.isinf(float(sigma_next)):
