@@ -352,9 +352,10 @@ def save_weights(module: nn.Module, path: Path, metadata: dict) -> None:
 
 
 def resolve_checkpoint(path: Union[str, os.PathLike]) -> Path:
-    """A checkpoint directory, or an out_dir whose ``latest`` file names one."""
+    """A checkpoint directory, an exported model directory (weights only), or an out_dir whose ``latest``
+    file names a checkpoint."""
     path = Path(path)
-    if (path / 'state.pt').is_file():
+    if (path / 'state.pt').is_file() or (path / 'ema.safetensors').is_file():
         return path
     if (path / 'latest').is_file():
         return path / (path / 'latest').read_text().strip()

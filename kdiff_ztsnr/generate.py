@@ -1,0 +1,181 @@
+"""Text-to-image, img2img, Enhance and inpainting over a `Pipeline`, reproducible per sample.
+
+Parameters use the NovelAI metadata keys (prompt, uc, steps, scale, cfg_rescale, seed, sampler,
+noise_schedule, …) so that a PNG's metadata is a complete, re-runnable description of the image.
+"""
+
+import dataclasses
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from . import schedules
+from .denoisers import DiscreteVDenoiser
+from .guidance import CFGDenoiser
+from .img2img import img2img_start
+from .pipeline import Pipeline
+from .sampling import SAMPLERS, BrownianTreeNoiseSampler
+
+SCHEDULES = ('native', 'karras', 'exponential', 'polyexponential', 'recommended')
+REGIMES = ('exact', 'clamp', 'sigma_max')
+BROWNIAN = {'dpmpp_sde', 'dpmpp_2m_sde', 'dpmpp_3m_sde'}
+RECOMMENDED = 'native'      # the package default schedule; see benchmarks/README.md for the evidence
+
+
+@dataclass
+class GenerationParams:
+    prompt: str = ''
+    uc: str = ''                       # negative prompt
+    steps: int = 28
+    scale: float = 5.                  # CFG scale
+    cfg_rescale: float = 0.            # CFG rescale φ
+    seed: int = 0                      # sample i uses seed + i
+    n_samples: int = 1
+    width: int = 32
+    height: int = 32
+    sampler: str = 'euler_ancestral'
+    noise_schedule: str = 'recommended'
+    ztsnr: str = 'exact'               # 'exact' from ∞ | 'clamp' at 20000 | 'sigma_max' (finite start)
+    sigma_max: Optional[float] = None  # the finite start for ztsnr='sigma_max', before resolution scaling
+    resolution_aware: bool = True      # scale a finite σ_max ×2 per ×2 canvas side (report §2.3)
+    strength: float = 1.               # img2img strength (1: text-to-image)
+    eta: Optional[float] = None        # ancestral/SDE η (None: the sampler's default)
+    model: str = 'embedded'
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'GenerationParams':
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def check_params(p: GenerationParams, pipe: Pipeline) -> None:
+    """One clear error per bad parameter."""
+    m = pipe.size_multiple
+    if p.width % m or p.height % m or p.width <= 0 or p.height <= 0:
+        raise ValueError(f'width and height must be positive multiples of {m} for {pipe.name}, '
+                         f'got {p.width}x{p.height}')
+    if p.sampler not in SAMPLERS:
+        raise ValueError(f'unknown sampler {p.sampler!r}; choose from {", ".join(sorted(SAMPLERS))}')
+    if p.noise_schedule not in SCHEDULES:
+        raise ValueError(f'unknown noise schedule {p.noise_schedule!r}; choose from {", ".join(SCHEDULES)}')
+    if p.ztsnr not in REGIMES:
+        raise ValueError(f'unknown ZTSNR regime {p.ztsnr!r}; choose from {", ".join(REGIMES)}')
+    if p.ztsnr == 'sigma_max' and not (p.sigma_max and p.sigma_max > 0 and math.isfinite(p.sigma_max)):
+        raise ValueError(f'ztsnr="sigma_max" needs a finite positive sigma_max, got {p.sigma_max}')
+    if p.sampler in ('dpm_fast', 'dpm_adaptive'):
+        raise ValueError(f'{p.sampler} takes no schedule; use a schedule-based sampler')
+    if p.steps < 1 or p.n_samples < 1:
+        raise ValueError('steps and n_samples must be at least 1')
+
+
+def start_sigma(p: GenerationParams, pipe: Pipeline) -> float:
+    """The finite start of the 'sigma_max' regime, scaled ×2 per ×2 canvas side if resolution-aware."""
+    side = math.sqrt(p.width * p.height)
+    return schedules.scale_sigma_for_resolution(p.sigma_max, side, pipe.base_side) if p.resolution_aware \
+        else p.sigma_max
+
+
+def make_sigmas(model: DiscreteVDenoiser, kind: str, steps: int, sigma_start: Optional[float] = None) -> Tensor:
+    """A schedule of `steps` model calls from the model's top (∞ or the clamp) or from a finite sigma_start."""
+    kind = RECOMMENDED if kind == 'recommended' else kind
+    top = math.inf if sigma_start is None else sigma_start
+    if kind == 'native':
+        if math.isinf(top) or (sigma_start is None):
+            return model.get_sigmas(steps)
+        t = torch.linspace(model.sigma_to_t(torch.tensor(top)).item(), 0, steps, device=model.sigmas.device)
+        return torch.cat([model.t_to_sigma(t), t.new_zeros([1])])
+    build = {'karras': schedules.get_sigmas_karras, 'exponential': schedules.get_sigmas_exponential,
+             'polyexponential': schedules.get_sigmas_polyexponential}[kind]
+    sigma_min = model.sigmas[0].item()
+    if sigma_start is None and math.isinf(model.sigmas[-1]):
+        return build(steps, sigma_min, model.sigma_max_finite.item(), prepend_inf=True)
+    return build(steps, sigma_min, model.sigmas[-1].item() if sigma_start is None else sigma_start,
+                 prepend_inf=False)
+
+
+def sample_noise(seeds: list, shape: tuple) -> list:
+    """Per-sample generators and their first draw: a batch reproduces single runs with the same seeds."""
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    return gens, torch.stack([torch.randn(shape, generator=g) for g in gens])
+
+
+class MaskedDenoiser(nn.Module):
+    """Inpainting by compositing: outside the mask the denoised image is the init at every step."""
+
+    def __init__(self, inner_model: nn.Module, x0: Tensor, mask: Tensor):
+        super().__init__()
+        self.inner_model, self.x0, self.mask = inner_model, x0, mask     # mask = 1 where to regenerate
+
+    def forward(self, x: Tensor, sigma: Tensor, **kwargs) -> Tensor:
+        return self.mask * self.inner_model(x, sigma, **kwargs) + (1 - self.mask) * self.x0
+
+
+def split_cond(cond: dict, b: int) -> tuple[dict, dict]:
+    return {k: v[:b] for k, v in cond.items()}, {k: v[b:] for k, v in cond.items()}
+
+
+def sampler_kwargs(p: GenerationParams, x: Tensor, sigmas: Tensor, gens: list, seeds: list) -> dict:
+    """Per-sample noise for ancestral/SDE samplers, so batches reproduce single runs."""
+    params = inspect.signature(SAMPLERS[p.sampler]).parameters
+    kw = {} if p.eta is None or 'eta' not in params else {'eta': p.eta}
+    if 'noise_sampler' not in params:
+        return kw
+    if p.sampler in BROWNIAN:
+        finite = sigmas[torch.isfinite(sigmas) & (sigmas > 0)]
+        kw['noise_sampler'] = BrownianTreeNoiseSampler(x, finite.min(), finite.max(), seed=list(seeds))
+    else:
+        kw['noise_sampler'] = lambda s, s_next: torch.stack([torch.randn(x.shape[1:], generator=g)
+                                                             for g in gens]).to(x)
+    return kw
+
+
+@torch.no_grad()
+def generate(pipe: Pipeline, p: GenerationParams, init: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+             progress: bool = False) -> Tensor:
+    """Images in [−1, 1] [n_samples, 3, H, W]. init: image [1 or B, 3, H, W]; mask: [1, 1, H, W], 1 = repaint."""
+    check_params(p, pipe)
+    exact = pipe.denoiser()
+    model = pipe.denoiser(sigma_max=20000.) if p.ztsnr == 'clamp' else exact
+    sigmas = make_sigmas(model, p.noise_schedule, p.steps, start_sigma(p, pipe) if p.ztsnr == 'sigma_max' else None)
+    b, seeds = p.n_samples, [p.seed + i for i in range(p.n_samples)]
+    shape = (pipe.channels, p.height // pipe.factor, p.width // pipe.factor)
+    gens, noise = sample_noise(seeds, shape)
+    noise = noise.to(pipe.device)
+    cond, uncond = split_cond(pipe.encode_prompts([p.prompt] * b + [p.uc] * b), b)
+    if pipe.size_cond is not None:
+        extra = pipe.size_cond(p.width, p.height, b)
+        cond, uncond = {**cond, **extra}, {**uncond, **extra}
+    denoiser = CFGDenoiser(model, p.scale, p.cfg_rescale, cond_key=None)
+    if init is not None:
+        x0 = pipe.encode(init.to(pipe.device)).expand(b, *shape).float()
+        x, sigmas = img2img_start(x0, noise, sigmas, p.strength)
+        if mask is not None:
+            m = F.interpolate(mask.float().to(x0), size=shape[1:], mode='area').expand_as(x0)
+            denoiser = MaskedDenoiser(denoiser, x0, m)
+    else:
+        x = noise if math.isinf(sigmas[0]) else noise * sigmas[0]
+    if len(sigmas) > 1:
+        x = SAMPLERS[p.sampler](denoiser, x, sigmas, extra_args={'cond': cond, 'uncond': uncond},
+                                disable=not progress, **sampler_kwargs(p, x, sigmas, gens, seeds))
+    if init is not None and mask is not None:
+        x = m * x + (1 - m) * x0                       # keep the unmasked latents exactly
+    return pipe.decode(x).clamp(-1, 1)
+
+
+def enhance_size(width: int, height: int, multiple: int, factor: float = 1.5) -> tuple[int, int]:
+    """Enhance's target canvas: ×1.5, rounded to the model's size multiple (as the NAI service)."""
+    return (max(multiple, round(width * factor / multiple) * multiple),
+            max(multiple, round(height * factor / multiple) * multiple))
+
+
+def upscale(image: Tensor, width: int, height: int) -> Tensor:
+    """Bicubic resize of images in [−1, 1] to width × height."""
+    return F.interpolate(image.float(), size=(height, width), mode='bicubic', align_corners=False).clamp(-1, 1)

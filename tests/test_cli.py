@@ -1,0 +1,158 @@
+"""End to end: a tiny trainer checkpoint sampled through the CLI (txt2img, img2img, Enhance, inpainting),
+metadata round trips and re-runs, tokenize, and the CLI's errors."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kdiff_ztsnr import cli, training
+from kdiff_ztsnr.generate import GenerationParams, generate, make_sigmas
+from kdiff_ztsnr.loaders import load_pipeline
+from kdiff_ztsnr.metadata import read_metadata
+
+MODEL = {'type': 'image_v1', 'input_channels': 3, 'mapping_out': 16, 'depths': [1, 1], 'channels': [8, 16],
+         'self_attn_depths': [False, True], 'sigma_data': 0.5}
+
+
+@pytest.fixture(scope='module')
+def ckpt(tmp_path_factory):
+    from accelerate.state import AcceleratorState, GradientState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    out = tmp_path_factory.mktemp('ckpt')
+    config = {'model': MODEL,
+              'dataset': {'type': 'synthetic', 'location': str(out / 'data'),
+                          'buckets': {'max_area': 256, 'max_side': 32, 'min_side': 16, 'step': 16, 'extra': [[16, 16]]},
+                          'synthetic': {'n': 8, 'sizes': [[16, 16]], 'seed': 0}},
+              'text': {'encoders': [{'hidden_size': 16, 'intermediate_size': 32, 'num_hidden_layers': 1,
+                                     'num_attention_heads': 2, 'projection_dim': 8}]},
+              'training': {'steps': 2, 'batch_size': 4, 'out_dir': str(out), 'cpu': True, 'checkpoint_every': 1000,
+                           'log_every': 1000, 'threads': 1}}
+    training.Trainer(config).run()
+    return out
+
+
+def run(args):
+    assert cli.main([str(a) for a in args]) == 0
+
+
+def png(path):
+    return np.asarray(Image.open(path).convert('RGB'))
+
+
+def test_sample_inspect_rerun(ckpt, tmp_path, capsys):
+    run(['sample', 'red circle, blue background', '--model', ckpt, '--uc', 'green', '--steps', 4, '--seed', 7,
+         '-n', 2, '--width', 16, '--height', 16, '--sampler', 'dpmpp_2m_sde', '--cfg-rescale', 0.5,
+         '--out', tmp_path / 'a', '--quiet'])
+    files = sorted((tmp_path / 'a').glob('*.png'))
+    assert [f.name for f in files] == ['00000007.png', '00000008.png']
+    meta = read_metadata(files[1])
+    assert meta['prompt'] == 'red circle, blue background' and meta['seed'] == 8 and meta['uc'] == 'green'
+    assert meta['sampler'] == 'dpmpp_2m_sde' and meta['cfg_rescale'] == 0.5 and meta['model'] == str(ckpt)
+    capsys.readouterr()
+    run(['inspect', files[1]])
+    assert json.loads(capsys.readouterr().out) == meta
+    # re-running from the metadata reproduces the second image of the batch as a single run
+    run(['sample', '--from-image', files[1], '--out', tmp_path / 'b', '--quiet'])
+    assert np.abs(png(tmp_path / 'b' / '00000008.png').astype(int) - png(files[1]).astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize('sampler', ['euler', 'euler_ancestral', 'dpmpp_2m', 'dpmpp_sde', 'heun'])
+@pytest.mark.parametrize('regime', [{'ztsnr': 'exact'}, {'ztsnr': 'clamp'},
+                                    {'ztsnr': 'sigma_max', 'sigma_max': 14.6146}])
+def test_every_regime_and_schedule(ckpt, sampler, regime):
+    pipe = load_pipeline(ckpt)
+    for schedule in ('native', 'karras', 'exponential', 'polyexponential', 'recommended'):
+        p = GenerationParams(prompt='completely black', steps=3, width=16, height=16, sampler=sampler,
+                             noise_schedule=schedule, **regime)
+        img = generate(pipe, p)
+        assert img.shape == (1, 3, 16, 16) and torch.isfinite(img).all()
+
+
+def test_schedules_per_regime(ckpt):
+    pipe = load_pipeline(ckpt)
+    exact, clamped = pipe.denoiser(), pipe.denoiser(20000.)
+    assert math.isinf(make_sigmas(exact, 'karras', 10)[0]) and make_sigmas(exact, 'karras', 10)[1].item() == \
+        pytest.approx(2254.24, rel=1e-4)
+    assert make_sigmas(clamped, 'native', 10)[0].item() == 20000.
+    assert make_sigmas(clamped, 'exponential', 10)[0].item() == pytest.approx(20000.)
+    s = make_sigmas(exact, 'native', 10, sigma_start=136.)
+    assert s[0].item() == pytest.approx(136., rel=1e-4) and len(s) == 11
+
+
+def test_resolution_aware_sigma_max(ckpt):
+    from kdiff_ztsnr.generate import start_sigma
+    pipe = load_pipeline(ckpt)
+    p = GenerationParams(prompt='x', ztsnr='sigma_max', sigma_max=14.6, width=2 * pipe.base_side,
+                         height=2 * pipe.base_side)
+    assert start_sigma(p, pipe) == pytest.approx(29.2)
+    p.resolution_aware = False
+    assert start_sigma(p, pipe) == pytest.approx(14.6)
+
+
+def test_batch_reproduces_single_runs(ckpt):
+    pipe = load_pipeline(ckpt)
+    for sampler in ('euler_ancestral', 'dpmpp_3m_sde'):
+        p = GenerationParams(prompt='white background', steps=4, width=16, height=16, n_samples=3, seed=5,
+                             sampler=sampler)
+        batch = generate(pipe, p)
+        single = generate(pipe, GenerationParams(**{**p.to_dict(), 'n_samples': 1, 'seed': 7}))
+        torch.testing.assert_close(batch[2:], single, rtol=1e-4, atol=1e-4)
+
+
+def test_img2img_enhance_inpaint(ckpt, tmp_path):
+    init = tmp_path / 'init.png'
+    Image.fromarray(np.full((16, 16, 3), [200, 20, 20], np.uint8)).save(init)
+    mask = np.zeros((16, 16, 3), np.uint8)
+    mask[:, 8:] = 255                                              # repaint the right half only
+    Image.fromarray(mask).save(tmp_path / 'mask.png')
+    run(['sample', 'blue square', '--model', ckpt, '--init-image', init, '--mask', tmp_path / 'mask.png',
+         '--steps', 4, '--width', 16, '--height', 16, '--out', tmp_path / 'inp', '--quiet'])
+    out = png(tmp_path / 'inp' / '00000000.png').astype(int)
+    assert np.abs(out[:, :8] - [200, 20, 20]).max() <= 1          # unmasked latents kept exactly
+    run(['sample', 'blue square', '--model', ckpt, '--init-image', init, '--strength', 0.4, '--steps', 5,
+         '--width', 16, '--height', 16, '--out', tmp_path / 'i2i', '--quiet'])
+    assert read_metadata(tmp_path / 'i2i' / '00000000.png')['strength'] == 0.4
+    run(['sample', 'blue square', '--model', ckpt, '--init-image', init, '--enhance', '--steps', 4,
+         '--width', 16, '--height', 16, '--out', tmp_path / 'enh', '--quiet'])
+    meta = read_metadata(tmp_path / 'enh' / '00000000.png')
+    assert (meta['width'], meta['height'], meta['strength']) == (24, 24, 0.5)   # ×1.5, a multiple of 2
+    assert png(tmp_path / 'enh' / '00000000.png').shape == (24, 24, 3)
+
+
+def test_alpha_metadata(ckpt, tmp_path):
+    run(['sample', 'x', '--model', ckpt, '--steps', 2, '--width', 64, '--height', 64, '--alpha-metadata',
+         '--out', tmp_path, '--quiet'])
+    im = Image.open(tmp_path / '00000000.png')
+    assert im.mode == 'RGBA'
+    from kdiff_ztsnr.metadata import read_alpha
+    assert read_alpha(im)['prompt'] == 'x'
+
+
+def test_tokenize(capsys):
+    words = ' '.join(f'w{i}' for i in range(40))      # 2 tokens each: 80 tokens, crosses the 75 boundary
+    run(['tokenize', words + ', {bright}'])
+    out = capsys.readouterr().out
+    assert 'chunk 1: 75 tokens (positions 1-75)' in out and 'chunk 2:' in out and '×1.05' in out
+
+
+def test_errors(ckpt, tmp_path, capsys):
+    base = ['sample', 'x', '--model', str(ckpt), '--steps', '2', '--out', str(tmp_path), '--quiet']
+    with pytest.raises(ValueError, match='multiples of'):
+        cli.main(base + ['--width', '15', '--height', '16'])
+    with pytest.raises(SystemExit):
+        cli.main(base + ['--sampler', 'nope'])
+    with pytest.raises(FileNotFoundError, match='model not found'):
+        cli.main(['sample', 'x', '--model', str(tmp_path / 'missing')])
+    bad = tmp_path / 'bad.png'
+    bad.write_bytes(b'not a png')
+    with pytest.raises(SystemExit, match='cannot read image'):
+        cli.main(base + ['--init-image', str(bad), '--width', '16', '--height', '16'])
+    capsys.readouterr()
+    cli.main(['sample', ' '.join(['cat'] * 300), '--model', str(ckpt), '--steps', '1', '--width', '16',
+              '--height', '16', '--out', str(tmp_path), '--quiet'])
+    assert 'cat cat' in capsys.readouterr().err                     # the dropped part is shown
