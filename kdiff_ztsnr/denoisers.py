@@ -21,10 +21,13 @@ from . import schedules
 def v_scalings(sigma: Tensor, sigma_data: float = 1.) -> tuple[Tensor, Tensor, Tensor]:
     """c_skip, c_out, c_in of eq. 10-12 in float32, with their σ → ∞ limits (eq. 13-14, c_in := 1: bypass)."""
     sigma = sigma.to(torch.promote_types(sigma.dtype, torch.float32))    # float32 at least, float64 kept
-    c_skip = sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)              # Equation 10 (→ 0)
+    s2 = sigma ** 2 + sigma_data ** 2
+    c_skip = sigma_data ** 2 / s2                                          # Equation 10 (→ 0)
     c_out = -sigma_data / (1 + (sigma_data / sigma) ** 2).sqrt()          # Equation 11 (→ −σ_data)
-    c_in = torch.where(sigma.isinf(), torch.ones_like(sigma),
-                       (sigma ** 2 + sigma_data ** 2).rsqrt())            # Equation 12; bypass at ∞
+    c_in = s2.rsqrt()                                                      # Equation 12
+    inf = sigma.isinf()
+    if inf.any():
+        c_in = torch.where(inf, torch.ones_like(sigma), c_in)              # the bypass: the network sees n
     return c_skip, c_out, c_in
 
 
@@ -97,38 +100,41 @@ class DiscreteVDenoiser(VPreconditioner, external.DiscreteSchedule):
         self.register_buffer('sigmas', sigmas.float())
         self.register_buffer('log_sigmas', sigmas.log().float())
         self.quantize = quantize
+        finite = sigmas.isfinite()
+        self.n_finite = int(finite.sum())                                  # T − 1 with ∞ on top, else T
+        self.register_buffer('log_finite', sigmas[finite].log().float(), persistent=False)
+        self.sigma_top = float(sigmas[self.n_finite - 1])                  # the largest finite table sigma
+        self.sqrt_ac_top = (1 + self.sigma_top ** 2) ** -0.5                # √ᾱ there
 
     @property
     def sigma_max_finite(self) -> Tensor:
         """The largest finite sigma of the table (σ[T−2] ≈ 2254.24 for SDXL-ZTSNR; 20000 when clamped)."""
-        finite = self.sigmas[self.sigmas.isfinite()]
-        return finite[-1]
+        return self.sigmas[self.n_finite - 1]
 
     def sigma_to_t(self, sigma: Tensor, quantize: Optional[bool] = None) -> Tensor:
         quantize = self.quantize if quantize is None else quantize
         sigma = torch.as_tensor(sigma, device=self.sigmas.device).float()
-        log_f = self.log_sigmas[self.log_sigmas.isfinite()]                      # finite part, ascending
-        log_sigma = sigma.log()
+        log_f, log_sigma = self.log_finite, sigma.log()                          # finite table, ascending
         low = (torch.searchsorted(log_f, log_sigma.reshape(-1), right=True) - 1).clamp(0, len(log_f) - 2)
         low = low.view(sigma.shape)
         w = ((log_sigma - log_f[low]) / (log_f[low + 1] - log_f[low])).clamp(0, 1)
         t = low + w
-        if len(log_f) < len(self.log_sigmas):                                     # ∞ on top: the √ᾱ ramp
-            sqrt_ac, sqrt_ac_top = (1 + sigma ** 2).rsqrt(), (1 + self.sigmas[-2] ** 2).rsqrt()
-            t_top = (len(log_f) - 1) + (1 - sqrt_ac / sqrt_ac_top)
-            t = torch.where(sigma > self.sigmas[-2], t_top, t)
+        top = sigma > self.sigma_top
+        if self.n_finite < len(self.sigmas) and top.any():                      # ∞ on top: the √ᾱ ramp
+            t_top = (self.n_finite - 1) + (1 - (1 + sigma ** 2).rsqrt() / self.sqrt_ac_top)
+            t = torch.where(top, t_top, t)
         return t.round().long() if quantize else t
 
     def t_to_sigma(self, t: Tensor) -> Tensor:
         t = torch.as_tensor(t, device=self.sigmas.device).float()
-        n_f = int(self.sigmas.isfinite().sum())
+        n_f = self.n_finite
         low = t.floor().long().clamp(0, n_f - 1)
         high = t.ceil().long().clamp(0, n_f - 1)
         w = t.frac()
         sigma = ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
         sigma = torch.where(w == 0, self.sigmas[low], sigma)                      # table values exactly
         if n_f < len(self.sigmas):
-            sqrt_ac = (n_f - t).clamp(0, 1) * (1 + self.sigmas[n_f - 1] ** 2).rsqrt()
+            sqrt_ac = (n_f - t).clamp(0, 1) * self.sqrt_ac_top
             sigma = torch.where(t > n_f - 1, (1 - sqrt_ac ** 2).sqrt() / sqrt_ac, sigma)
         return sigma
 
