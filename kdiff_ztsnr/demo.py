@@ -11,11 +11,11 @@ import torch
 from .generate import GenerationParams, generate
 from .oracle import SDXL_SIGMA_MAX
 
-PROMPTS = ('completely black', 'white background', 'red circle on blue background')
+PROMPTS = ('completely black', 'completely white', 'white background', 'red circle, blue background')
 REGIME_PARAMS = {
-    'exact ∞': {'ztsnr': 'exact'},
+    'exact inf': {'ztsnr': 'exact'},
     'clamp 20000': {'ztsnr': 'clamp'},
-    'σ_max 14.6146': {'ztsnr': 'sigma_max', 'sigma_max': SDXL_SIGMA_MAX, 'resolution_aware': False},
+    'sigma_max 14.6146': {'ztsnr': 'sigma_max', 'sigma_max': SDXL_SIGMA_MAX, 'resolution_aware': False},
 }
 
 
@@ -45,7 +45,7 @@ def save_grid(results: dict, path: str) -> None:
     grid = Image.new('RGB', (label_w + n * (w + 2), len(rows) * (h + 2)), 'white')
     draw = ImageDraw.Draw(grid)
     for r, ((prompt, regime), images) in enumerate(rows):
-        draw.text((4, r * (h + 2) + h // 2 - 10), f'{prompt}\n{regime}', fill='black')
+        draw.text((4, r * (h + 2) + h // 2 - 10), f'{prompt}\n{regime}', fill='black')   # ASCII: default font
         for c, img in enumerate(images):
             arr = ((img.float().cpu() + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
             grid.paste(Image.fromarray(arr), (label_w + c * (w + 2), r * (h + 2)))

@@ -156,3 +156,11 @@ def test_errors(ckpt, tmp_path, capsys):
     cli.main(['sample', ' '.join(['cat'] * 300), '--model', str(ckpt), '--steps', '1', '--width', '16',
               '--height', '16', '--out', str(tmp_path), '--quiet'])
     assert 'cat cat' in capsys.readouterr().err                     # the dropped part is shown
+
+
+def test_demo_grid_and_table(ckpt, tmp_path, capsys):
+    run(['demo', '--model', ckpt, '--samples', 2, '--steps', 3, '--out', tmp_path])
+    out = capsys.readouterr().out
+    assert 'completely black' in out and 'clamp 20000' in out and 'sigma_max 14.6146' in out
+    grid = Image.open(tmp_path / 'regimes.png')
+    assert grid.size[1] == 12 * (16 + 2)                              # 4 prompts x 3 regimes

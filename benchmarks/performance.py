@@ -1,0 +1,367 @@
+"""Costs of the package against baselines measured in the same process (ratios; runs interleaved, medians).
+
+    python benchmarks/performance.py [--smoke] [--threads 1]
+
+1. Wrapper overhead per call: DiscreteVDenoiser vs k-diffusion's external.DiscreteVDDPMDenoiser around a
+   null network (returns its input), so the wrapper is all that is timed (target ≤ 1.05×).
+2. Model calls per sampler from ∞ vs k-diffusion's own count on sigmas[1:] (target: exactly +1).
+3. Network forwards per guided step with CFGDenoiser (target: one, at twice the batch).
+4. Bucket epoch planning for 6,000,000 image sizes (target < 2 s on one core), with a 6M permutation timed
+   alongside as a load-independent unit.
+5. Trainer step vs a bare loop on the same model, batch, conditioning and optimizer (target ≤ 1.05×).
+"""
+
+import argparse
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import md_table  # noqa: E402
+
+from k_diffusion import external  # noqa: E402
+from k_diffusion import sampling as K  # noqa: E402
+
+from kdiff_ztsnr import CFGDenoiser, DiscreteVDenoiser, sampling, schedules  # noqa: E402
+
+
+class Null(nn.Module):
+    """A 'network' that returns its input: the wrapper is all that is left to time."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.batches = 0, []
+
+    def forward(self, x, t, **kwargs):
+        self.calls += 1
+        self.batches.append(x.shape[0])
+        return x
+
+
+# ------------------------------------------------------------------------------------------ 1. wrapper
+
+class PatchedDiscreteVDenoiser(DiscreteVDenoiser):
+    """A proposed patch for kdiff_ztsnr/denoisers.py, measured here without editing it (same outputs):
+    the finite log table and the ∞-ramp constants are computed once in __init__ instead of per call
+    (sigma_to_t: `log_sigmas[log_sigmas.isfinite()]`, `self.sigmas[-2]`, the √ᾱ top), the ∞ ramp runs only
+    when some σ is above the last finite table σ, and get_scalings uses k-diffusion's own finite formulas
+    unless some σ is ∞."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        finite = self.sigmas.isfinite()
+        self.register_buffer('log_f', self.log_sigmas[finite].clone())
+        self.n_f = int(finite.sum())
+        self.has_inf = self.n_f < len(self.sigmas)
+        self.sigma_top = float(self.sigmas[self.n_f - 1])
+        self.sqrt_ac_top = (1 + self.sigma_top ** 2) ** -0.5
+
+    def sigma_to_t(self, sigma, quantize=None):
+        quantize = self.quantize if quantize is None else quantize
+        sigma = torch.as_tensor(sigma, device=self.sigmas.device).float()
+        log_sigma = sigma.log()
+        low = (torch.searchsorted(self.log_f, log_sigma.reshape(-1), right=True) - 1).clamp(0, self.n_f - 2)
+        low = low.view(sigma.shape)
+        lo, hi = self.log_f[low], self.log_f[low + 1]
+        t = low + ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
+        if self.has_inf and bool((sigma > self.sigma_top).any()):
+            t_top = (self.n_f - 1) + (1 - (1 + sigma ** 2).rsqrt() / self.sqrt_ac_top)
+            t = torch.where(sigma > self.sigma_top, t_top, t)
+        return t.round().long() if quantize else t
+
+    def get_scalings(self, sigma):
+        if bool(sigma.isinf().any()):
+            return super().get_scalings(sigma)
+        sigma = sigma.to(torch.promote_types(sigma.dtype, torch.float32))
+        sd2 = self.sigma_data ** 2
+        c_skip = sd2 / (sigma ** 2 + sd2)
+        c_out = -sigma * self.sigma_data / (sigma ** 2 + sd2) ** 0.5
+        return c_skip, c_out, (sigma ** 2 + sd2).rsqrt()
+
+
+def wrapper_overhead(sizes, repeats, inner):
+    ztsnr, sdxl = schedules.ztsnr_alphas_cumprod(), schedules.sdxl_alphas_cumprod()
+    ours = DiscreteVDenoiser(Null(), ztsnr)
+    ours_sdxl = DiscreteVDenoiser(Null(), sdxl)
+    patched = PatchedDiscreteVDenoiser(Null(), ztsnr)
+    for sig in (torch.tensor([0.03, 5., 2254.2, 4096., 20000., math.inf]),):   # the patch changes no output
+        xs = torch.randn(len(sig), 4, 8, 8)
+        assert torch.equal(patched.sigma_to_t(sig), ours.sigma_to_t(sig))
+        assert torch.allclose(patched(xs, sig), ours(xs, sig), rtol=1e-6, atol=1e-6)
+    theirs = external.DiscreteVDDPMDenoiser(Null(), sdxl.float(), quantize=False)
+    rows, raw = [], []
+    for shape in sizes:
+        x = torch.randn(shape)
+        sigma = torch.full((shape[0],), 5.)
+        inf = torch.full((shape[0],), math.inf)
+        with torch.no_grad():
+            t = common.interleaved({
+                'k-diffusion': lambda: theirs(x, sigma),
+                'ours (ZTSNR table)': lambda: ours(x, sigma),
+                'ours (SDXL table)': lambda: ours_sdxl(x, sigma),
+                'ours at σ=∞': lambda: ours(x, inf),
+                'proposed patch': lambda: patched(x, sigma),
+            }, repeats, inner)
+        base = t['k-diffusion']
+        rows.append(['×'.join(map(str, shape)), base * 1e6, t['ours (ZTSNR table)'] * 1e6,
+                     t['ours (ZTSNR table)'] / base, t['ours (SDXL table)'] / base, t['ours at σ=∞'] / base,
+                     t['proposed patch'] / base])
+        raw.append({'shape': shape, **{k: v for k, v in t.items()}})
+    cols = ['x shape', 'k-diffusion µs/call', 'ours µs/call', 'ratio (ZTSNR table)', 'ratio (SDXL table)',
+            'ratio at σ=∞', 'ratio, proposed patch']
+    return md_table(cols, rows), raw
+
+
+def profile_wrapper(sizes=((1, 4, 32, 32), (2, 4, 104, 152)), repeats=41, inner=100):
+    """Which parts of DiscreteVDenoiser cost what: ablations (one change at a time) timed against k-diffusion."""
+    from k_diffusion import utils
+    from kdiff_ztsnr.denoisers import VPreconditioner
+
+    class OnlyT(PatchedDiscreteVDenoiser):            # precomputed table in sigma_to_t, package scalings
+        get_scalings = VPreconditioner.get_scalings
+
+    class OnlyScalings(PatchedDiscreteVDenoiser):     # finite-branch scalings, package sigma_to_t
+        sigma_to_t = DiscreteVDenoiser.sigma_to_t
+
+    class NoCasts(PatchedDiscreteVDenoiser):          # the patch, and no dtype casts / module_dtype walk
+        def forward(self, input, sigma, **kw):
+            c_skip, c_out, c_in = [utils.append_dims(c, input.ndim) for c in self.get_scalings(sigma)]
+            return self.inner_model(input * c_in, self.sigma_to_t(sigma), **kw) * c_out + input * c_skip
+    z = schedules.ztsnr_alphas_cumprod()
+    models = {'k-diffusion': external.DiscreteVDDPMDenoiser(Null(), schedules.sdxl_alphas_cumprod().float(), False),
+              'ours': DiscreteVDenoiser(Null(), z), 'precomputed sigma_to_t only': OnlyT(Null(), z),
+              'finite-branch scalings only': OnlyScalings(Null(), z), 'both (proposed patch)': PatchedDiscreteVDenoiser(Null(), z),
+              'patch + no dtype casts': NoCasts(Null(), z)}
+    rows = []
+    for shape in sizes:
+        x, sig = torch.randn(shape), torch.full((shape[0],), 5.)
+        with torch.no_grad():
+            t = common.interleaved({k: (lambda m=m: m(x, sig)) for k, m in models.items()}, repeats, inner)
+        rows.append(['×'.join(map(str, shape))] + [t[k] / t['k-diffusion'] for k in models])
+    return md_table(['x shape'] + [f'{k} (× k-diffusion)' for k in models], rows)
+
+
+# ------------------------------------------------------------------------------------------ 2. calls
+
+def calls_per_sampler(steps):
+    images = torch.linspace(-1, 1, 8).view(8, 1) * torch.ones(8, 8)
+    model = common.exact_model(lambda x, s, c: common.mixture_denoiser(images, x, s))
+    sigmas = model.get_sigmas(steps)
+    rows = []
+    for name, fn in sampling.SAMPLERS.items():
+        if name in ('dpm_fast', 'dpm_adaptive'):
+            continue
+        n = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+        counter = {'n': 0}
+
+        def counted(x, s, **kw):
+            counter['n'] += 1
+            return model(x, s, **kw)
+        torch.manual_seed(0)
+        fn(counted, n, sigmas, disable=True)
+        ours, counter['n'] = counter['n'], 0
+        torch.manual_seed(0)
+        getattr(K, 'sample_' + name)(counted, n * sigmas[1], sigmas[1:], disable=True)
+        rows.append([name, ours, counter['n'], ours - counter['n']])
+    return md_table(['sampler', f'calls from ∞ ({steps} steps)', 'k-diffusion on sigmas[1:]', 'difference'],
+                    rows), rows
+
+
+# ------------------------------------------------------------------------------------------ 3. CFG
+
+def guided_forwards(steps, batch=3):
+    null = Null()
+    model = DiscreteVDenoiser(null, schedules.ztsnr_alphas_cumprod())
+    cfg = CFGDenoiser(model, cond_scale=5.)
+    x = torch.randn(batch, 4, 8, 8)
+    extra = {'cond': torch.ones(batch, 7), 'uncond': torch.zeros(batch, 7)}
+    calls = {'n': 0}
+
+    def counted(x, s, **kw):
+        calls['n'] += 1
+        return cfg(x, s, **kw)
+    sampling.sample_euler(counted, x, model.get_sigmas(steps), extra_args=extra, disable=True)
+    rows = [['euler', steps, calls['n'], null.calls, null.calls / calls['n'], sorted(set(null.batches))]]
+    return md_table(['sampler', 'steps', 'guided denoiser calls', 'network forwards', 'forwards per step',
+                     'network batch sizes'], rows), rows
+
+
+# ------------------------------------------------------------------------------------------ 4. buckets
+
+def epoch_planning(n, repeats, batch_size=16):
+    try:
+        from kdiff_ztsnr import buckets
+    except ImportError:
+        return 'TODO: kdiff_ztsnr.buckets not present yet', None
+    rng = np.random.default_rng(0)
+    aspect = np.exp(rng.uniform(np.log(0.4), np.log(2.5), n))
+    area = rng.uniform(0.3e6, 4e6, n)
+    sizes = np.stack([np.sqrt(area * aspect), np.sqrt(area / aspect)], 1).astype(np.int64)
+    bk = buckets.make_buckets()
+    t0 = time.perf_counter()
+    idx, pruned = buckets.assign_buckets(sizes, bk)
+    t_assign = time.perf_counter() - t0
+    idx = np.where(pruned, -1, idx)
+    unit_name = f'permutation of {n:,} (unit)'
+    times = {unit_name: [], 'plan_epoch world 1': [], 'plan_epoch world 256': []}
+    for r in range(repeats):
+        t = time.perf_counter()
+        np.random.default_rng(r).permutation(n)
+        times[unit_name].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        plan = buckets.plan_epoch(idx, batch_size, epoch=r, seed=0, rank=0, world_size=1)
+        times['plan_epoch world 1'].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        buckets.plan_epoch(idx, batch_size, epoch=r, seed=0, rank=3, world_size=256)
+        times['plan_epoch world 256'].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    unit = med[unit_name]
+    rows = [['assign_buckets (once)', t_assign, t_assign / unit]] + [[k, v, v / unit] for k, v in med.items()]
+    info = {'n': n, 'batch_size': batch_size, 'batches': len(plan), 'pruned': int(pruned.sum()), **med,
+            'assign': t_assign}
+    return md_table(['operation', 'seconds (median)', '× the permutation'], rows) + \
+        f'\n\n{n:,} sizes, batch {batch_size}, {len(bk)} buckets, {int(pruned.sum()):,} pruned, ' \
+        f'{len(plan):,} batches (world 1)', info
+
+
+# ------------------------------------------------------------------------------------------ 5. trainer
+
+def trainer_overhead(repeats, model_cfg, side, batch):
+    try:
+        from kdiff_ztsnr import training
+        from kdiff_ztsnr.losses import v_loss
+        from k_diffusion import utils as k_utils
+    except ImportError as e:
+        return f'TODO: trainer not present yet ({e})', None
+    with tempfile.TemporaryDirectory() as tmp:
+        buckets = {'max_area': side * side, 'max_side': 2 * side, 'min_side': side, 'step': side, 'extra': [[side, side]]}
+        cfg = {'model': dict(model_cfg),
+               'dataset': {'type': 'synthetic', 'location': str(Path(tmp) / 'data'), 'buckets': buckets,
+                           'synthetic': {'n': 64, 'sizes': [[side, side]], 'seed': 0, 'solid_fraction': 0.25}},
+               'training': {'steps': 10 ** 6, 'batch_size': batch, 'out_dir': tmp, 'cpu': True,
+                            'log_every': 10 ** 6, 'checkpoint_every': 10 ** 6}}
+        tr = training.Trainer(cfg)
+        tc = tr.config['training']
+        batch_data = tr.data.next()
+        x0 = batch_data['x0']
+        cond = tr.encode(batch_data['prompts'], 'cpu') if tr.encode is not None else {}
+        g = torch.Generator().manual_seed(0)
+
+        def bare():
+            tr.inner.train()
+            tr.opt.zero_grad()
+            t = torch.randint(0, len(tr.model.sigmas), (len(x0),), generator=g)
+            noise = torch.randn(x0.shape, generator=g)
+            loss = v_loss(tr.model, x0, noise, t, tc['min_snr_gamma'], tc['terminal_weight'], **cond).mean()
+            loss.backward()
+            tr.opt.step()
+            k_utils.ema_update(tr.unwrapped, tr.inner_ema, 0.999)
+            return loss.item()
+        for _ in range(3):
+            tr.train_step()
+        t = common.interleaved({'bare loop': bare, 'Trainer.train_step': tr.train_step}, repeats)
+        n_params = sum(p.numel() for p in tr.inner.parameters())
+    ratio = t['Trainer.train_step'] / t['bare loop']
+    row = [f'{n_params / 1e6:.2f}M params, {batch}×3×{side}×{side}', t['bare loop'] * 1e3,
+           t['Trainer.train_step'] * 1e3, ratio]
+    return row, {'params': n_params, 'side': side, 'batch': batch, **t, 'ratio': ratio}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--smoke', action='store_true')
+    p.add_argument('--threads', type=int, default=1, help='torch threads while timing (1: least noise)')
+    p.add_argument('--out', default=None)
+    p.add_argument('--profile', action='store_true', help='also time ablations of the wrapper (what costs what)')
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    out = common.out_dir(a.out)
+    t0 = time.perf_counter()
+    sizes = [(1, 4, 32, 32), (1, 4, 128, 128), (2, 4, 104, 152), (8, 4, 128, 128)]
+    rep, inner, n_plan, plan_rep, tr_rep = 31, 50, 6_000_000, 3, 10
+    tiny = {'type': 'image_v1', 'input_channels': 3, 'mapping_out': 32, 'depths': [1, 1], 'channels': [16, 32],
+            'self_attn_depths': [False, True]}
+    small = {'type': 'image_v1', 'input_channels': 3, 'mapping_out': 128, 'depths': [2, 2, 2],
+             'channels': [64, 128, 256], 'self_attn_depths': [False, False, True]}
+    trainer_cases = [(tiny, 16, 4), (small, 32, 8)]
+    if a.smoke:
+        sizes, rep, inner, n_plan, plan_rep, tr_rep = sizes[:1], 3, 5, 200_000, 1, 2
+        trainer_cases = [(tiny, 16, 2)]
+    print(f'performance: {common.machine_line()}')
+    parts, payload = [], {'args': vars(a)}
+    tab, raw = wrapper_overhead(sizes, rep, inner)
+    parts.append('**1. Wrapper overhead per call, null network (median of interleaved runs)**\n\n' + tab)
+    payload['wrapper'] = raw
+    print(parts[-1])
+    if a.profile:
+        tab = profile_wrapper()
+        parts.append('**1b. Where the wrapper time goes (ablations, --profile)**\n\n' + tab)
+        print(parts[-1])
+    tab, raw = calls_per_sampler(10)
+    parts.append('**2. Model calls per sampler from ∞ (native 10-step schedule)**\n\n' + tab)
+    payload['calls'] = raw
+    print(parts[-1])
+    tab, raw = guided_forwards(10)
+    parts.append('**3. Network forwards per guided step (CFGDenoiser, batch 3)**\n\n' + tab)
+    payload['cfg'] = raw
+    print(parts[-1])
+    tab, raw = epoch_planning(n_plan, plan_rep)
+    parts.append(f'**4. Bucket epoch planning, {n_plan:,} sizes (one core)**\n\n' + tab)
+    payload['buckets'] = raw
+    print(parts[-1])
+    rows, raws = [], []
+    for cfg, side, batch in trainer_cases:
+        row, raw = trainer_overhead(tr_rep, cfg, side, batch)
+        if raw is None:
+            rows = None
+            parts.append('**5. Trainer step overhead**\n\n' + row)
+            break
+        rows.append(row)
+        raws.append(raw)
+    if rows is not None:
+        parts.append('**5. Trainer step vs bare loop (same model, batch, conditioning, optimizer; EMA in both)**'
+                     '\n\n' + md_table(['model / batch', 'bare ms/step', 'Trainer ms/step', 'ratio'], rows))
+    payload['trainer'] = raws
+    print(parts[-1])
+    table = '\n\n'.join(parts)
+    plot(payload, out / 'performance.png')
+    payload['seconds'] = time.perf_counter() - t0
+    common.write_outputs(out, 'performance', table, payload)
+    print(f'wrote {out / "performance.png"} ({time.perf_counter() - t0:.0f}s)')
+    return payload
+
+
+def plot(payload, path):
+    plt = common.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    w = payload['wrapper']
+    labels = ['×'.join(map(str, r['shape'])) for r in w]
+    for key in ('ours (ZTSNR table)', 'ours (SDXL table)', 'ours at σ=∞', 'proposed patch'):
+        axes[0].plot(labels, [r[key] / r['k-diffusion'] for r in w], 'o-', label=key)
+    axes[0].axhline(1.05, color='r', ls='--', lw=0.8, label='target 1.05×')
+    axes[0].axhline(1.0, color='k', lw=0.5)
+    axes[0].set_ylabel('time per call / k-diffusion')
+    axes[0].set_title('wrapper overhead, null network', fontsize=9)
+    axes[0].legend(fontsize=7)
+    axes[0].tick_params(axis='x', labelsize=7)
+    tr = payload.get('trainer') or []
+    if tr:
+        axes[1].bar([f'{r["params"] / 1e6:.2f}M, {r["batch"]}×{r["side"]}²' for r in tr], [r['ratio'] for r in tr])
+        axes[1].axhline(1.05, color='r', ls='--', lw=0.8)
+        axes[1].set_ylabel('Trainer step / bare loop')
+        axes[1].set_title('trainer overhead', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,368 @@
+"""σ_max regimes, same model, same seeds: SDXL's 14.6146 up to ∞ (report §2.2, Figure 2; appendix A.2).
+
+    python benchmarks/regimes.py [--smoke] [--samples 1024] [--steps 28] [--latent 104 152] [--schedule truncate]
+
+Subject (default ``--model oracle``): the exact optimal denoiser of a conditional dataset of 4-channel
+latents (classes black, white, mid-grey, mixed; "prompts" select class subsets), wrapped as a v network on
+the ZTSNR table. Each regime starts from σ₀ with x = σ₀·n (x = n at ∞):
+
+* finite σ₀ below the table's top (14.6146 … 317): the exact wrapper, schedule [σ₀] + the native 28-step
+  schedule's sigmas below σ₀ (``--schedule truncate``: the steps a user who "sets the first sigma" gets,
+  e.g. ComfyUI's SetFirstSigma; NFE shrinks by one or two for σ₀ < 56.18), or ``--schedule retime``: the
+  native ramp t = linspace(t(σ₀), 0, steps) (equal NFE), or ``--schedule karras``: Karras ρ=7 from σ₀, and
+  for σ₀ above the largest finite table σ (2254.24) [σ₀] + the Karras ramp that follows ∞ (only the start
+  differs) — the schedule benchmark's best, equal NFE;
+* 4096 (diffusers' 2⁻²⁴ clamp), 4518.76 (ComfyUI/A1111's ᾱ clamp), 20000 (report A.2): the table clamped
+  at that σ, its own native schedule ([σ_clamp, 56.18, …]) and the unmodified k-diffusion samplers;
+* ∞: the exact wrapper, the native schedule and the package's exact first step.
+
+Metrics (per prompt, sampler, regime): mean brightness bias against the prompt's data, brightness W1 and
+spread ratio, the oracle's exact mode assignment (nearest data image) as a TV distance to the uniform
+mixture weights (with the noise floor of a perfect sampler at this sample count), and a closed form: the
+mode weights an exact posterior sampler would give from x = σ₀·n (common.posterior_weights).
+
+The subject is pluggable: ``run(subject, regimes, samplers, …)`` needs only ``Subject``'s methods (a denoiser
+factory taking the table clamp, noise, per-prompt extra_args, brightness); data-based metrics are skipped
+when ``subject.reference`` returns None. ``--model embedded`` is the place to add the lead's trained model.
+"""
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Protocol, Sequence
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import INF, fmt_sigma, md_table  # noqa: E402
+
+from kdiff_ztsnr import sampling, schedules  # noqa: E402
+from kdiff_ztsnr.oracle import COMFY_SIGMA_MAX, DIFFUSERS_SIGMA_MAX, SDXL_SIGMA_MAX, ZTSNR_CLAMP  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    sigma: float                    # starting σ₀ (∞ for exact ZTSNR)
+    clamp: Optional[float] = None   # clamp the table's top σ to this (report A.2); None: exact table
+
+
+REGIMES = [
+    Regime('SDXL σ_max', SDXL_SIGMA_MAX),
+    Regime('2× SDXL', 29.2),
+    Regime('56', 56.),
+    Regime('136 (A.2 low)', 136.),
+    Regime('317 (A.2 high)', 317.),
+    Regime('diffusers 2⁻²⁴ clamp', DIFFUSERS_SIGMA_MAX, DIFFUSERS_SIGMA_MAX),
+    Regime('ComfyUI/A1111 clamp', COMFY_SIGMA_MAX, COMFY_SIGMA_MAX),
+    Regime('NAI A.2 clamp 20000', ZTSNR_CLAMP, ZTSNR_CLAMP),
+    Regime('exact ∞ (ZTSNR)', INF),
+]
+SAMPLERS = ['euler', 'euler_ancestral', 'dpmpp_2m', 'dpmpp_2m_sde']
+
+
+def regime_sigmas(regime: Regime, model, steps: int, mode: str = 'truncate') -> torch.Tensor:
+    """The schedule a regime samples with (see the module docstring)."""
+    if mode == 'karras':                        # Karras ρ=7 down from σ₀ (from the top finite σ after ∞)
+        sigma_min, top = float(model.sigmas[0]), float(schedules.sigmas_from_alphas_cumprod(
+            schedules.ztsnr_alphas_cumprod())[-2])                           # 2254.24, whatever the clamp
+        if math.isinf(regime.sigma):
+            return schedules.get_sigmas_karras(steps, sigma_min, top, 7.)
+        if regime.sigma > top:                   # [σ₀] + the same ramp as from ∞: only the start differs
+            k = schedules.get_sigmas_karras(steps, sigma_min, top, 7.)
+            k[0] = regime.sigma
+            return k
+        return schedules.get_sigmas_karras(steps, sigma_min, regime.sigma, 7., prepend_inf=False)
+    native = model.get_sigmas(steps)
+    if regime.clamp is not None or math.isinf(regime.sigma):
+        return native
+    s0 = torch.tensor([regime.sigma], dtype=native.dtype)
+    if mode == 'truncate':
+        return torch.cat([s0, native[native < regime.sigma]])
+    t = torch.linspace(float(model.sigma_to_t(s0)), 0, steps)
+    sig = model.t_to_sigma(t)
+    sig[0] = regime.sigma
+    return torch.cat([sig, sig.new_zeros(1)])
+
+
+@dataclass
+class Reference:
+    """What the data says about one prompt (oracle subjects only)."""
+    brightness: torch.Tensor                  # per data image [K_p]
+    rows: torch.Tensor                        # which data images the prompt selects
+    focus: Optional[torch.Tensor] = None      # bool [K_p]: images of the prompt's main class (compliance)
+
+
+class Subject(Protocol):
+    name: str
+    prompts: Sequence[str]
+
+    def denoiser(self, clamp: Optional[float]): ...                # exact table (None) or clamped at σ
+    def noise(self, n: int, seed: int) -> torch.Tensor: ...         # unit-variance noise, same for all regimes
+    def extra_args(self, prompt: str, n: int) -> dict: ...          # per-prompt conditioning
+    def brightness(self, x: torch.Tensor) -> torch.Tensor: ...      # per-sample mean brightness [n]
+    def reference(self, prompt: str) -> Optional[Reference]: ...    # data, when known
+    def modes(self, x: torch.Tensor, prompt: str) -> Optional[torch.Tensor]: ...
+    def predicted(self, prompt: str, sigma: float) -> Optional[torch.Tensor]: ...
+
+
+def conditional_dataset(shape=(4, 104, 152), per_class: int = 8, texture: float = 0.3, seed: int = 0):
+    """[4·per_class, *shape] latents: black (−1), white (+1), mid-grey (0), mixed (half split ±1, or a random
+    level in [−0.8, 0.8]), each plus zero-mean i.i.d. texture. Returns images and class names per image."""
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = shape
+    levels = [torch.full((per_class, c, h, w), v) for v in (-1., 1., 0.)]
+    mixed = torch.empty(per_class, c, h, w)
+    for i in range(per_class):
+        if i < per_class // 2:
+            split = torch.ones(c, h, w)
+            if i % 2:
+                split[:, :, : w // 2] = -1
+            else:
+                split[:, : h // 2] = -1
+            mixed[i] = split * (1 if i % 4 < 2 else -1)
+        else:
+            mixed[i] = torch.empty(1).uniform_(-0.8, 0.8, generator=g)
+    base = torch.cat(levels + [mixed])
+    tex = torch.randn(base.shape, generator=g)
+    tex = tex - tex.mean(dim=(1, 2, 3), keepdim=True)
+    names = ['black'] * per_class + ['white'] * per_class + ['grey'] * per_class + ['mixed'] * per_class
+    return base + texture * tex, names
+
+
+class OracleSubject:
+    """The exact conditional oracle in reduced coordinates (common.ReducedSpace)."""
+    name = 'oracle'
+
+    def __init__(self, shape=(4, 104, 152), per_class: int = 8, s: float = 0.):
+        images, names = conditional_dataset(shape, per_class)
+        self.shape, self.names = shape, names
+        self.space = common.ReducedSpace(images)
+        cls = {n: [i for i, m in enumerate(names) if m == n] for n in ('black', 'white', 'grey', 'mixed')}
+        few_others = cls['grey'][:2] + cls['mixed'][-2:]
+        self.subsets = {
+            'completely black': cls['black'],
+            'completely white': cls['white'],
+            'mostly dark': cls['black'] + few_others,         # a soft preference: 8 dark + 4 others
+            'unconditional': list(range(len(names))),
+        }
+        self.focus = {'completely black': 'black', 'completely white': 'white', 'mostly dark': 'black'}
+        self.prompts = list(self.subsets)
+        self.mixture = common.ConditionalMixture(self.space.coords, list(self.subsets.values()), s)
+        self.s = s
+        self.data_brightness = self.space.brightness(self.space.coords)
+        self._models = {}
+
+    def denoiser(self, clamp):
+        if clamp not in self._models:
+            self._models[clamp] = common.exact_model(self.mixture, sigma_max=clamp)
+        return self._models[clamp]
+
+    def noise(self, n, seed):
+        return self.space.noise(n, seed)
+
+    def extra_args(self, prompt, n):
+        return {'cond': torch.full((n,), list(self.subsets).index(prompt), dtype=torch.long)}
+
+    def brightness(self, x):
+        return self.space.brightness(x)
+
+    def reference(self, prompt):
+        rows = torch.tensor(self.subsets[prompt])
+        focus = self.focus.get(prompt)
+        mask = None if focus is None else torch.tensor([self.names[i] == focus for i in rows.tolist()])
+        return Reference(self.data_brightness[rows], rows, mask)
+
+    def modes(self, x, prompt):
+        rows = torch.tensor(self.subsets[prompt])
+        return torch.bincount(self.space.nearest(x, rows), minlength=len(rows))
+
+    def predicted(self, prompt, sigma):
+        rows = torch.tensor(self.subsets[prompt])
+        return common.posterior_weights(self.space.coords[rows], sigma, s=self.s)
+
+
+@dataclass
+class Record:
+    regime: Regime
+    sampler: str
+    prompt: str
+    nfe: int
+    brightness: torch.Tensor
+    metrics: dict = field(default_factory=dict)
+
+
+def measure(subject: Subject, prompt: str, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    b = subject.brightness(x).float()
+    m = {'mean': b.mean().item(), 'std': b.std().item()}
+    ref = subject.reference(prompt)
+    if ref is None:
+        return b, m
+    m['bias'] = m['mean'] - ref.brightness.mean().item()
+    m['spread'] = m['std'] / ref.brightness.std().item()
+    m['w1'] = common.w1(b, ref.brightness)
+    counts = subject.modes(x, prompt)
+    if counts is not None:
+        p = torch.full((len(counts),), 1. / len(counts), dtype=torch.float64)
+        m['tv'] = common.tv(counts, p)
+        if ref.focus is not None:
+            m['focus'] = (counts[ref.focus].sum() / counts.sum()).item()
+    return b, m
+
+
+def run(subject: Subject, regimes: Sequence[Regime], samplers: Sequence[str], steps: int, n: int,
+        seed: int = 0, mode: str = 'truncate', log=print) -> list[Record]:
+    """Sample every (regime, prompt, sampler) from the same noise and sampler seed."""
+    records = []
+    noise = subject.noise(n, seed)
+    for regime in regimes:
+        t0 = time.perf_counter()
+        model = subject.denoiser(regime.clamp)
+        sigmas = regime_sigmas(regime, model, steps, mode)
+        x0 = noise if math.isinf(sigmas[0]) else noise * sigmas[0]
+        for prompt in subject.prompts:
+            for name in samplers:
+                torch.manual_seed(seed + 1)
+                out = sampling.SAMPLERS[name](model, x0, sigmas, extra_args=subject.extra_args(prompt, n),
+                                              disable=True)
+                b, m = measure(subject, prompt, out)
+                records.append(Record(regime, name, prompt, len(sigmas) - 1, b, m))
+        log(f'  {regime.name:24s} σ₀={fmt_sigma(regime.sigma):>9s} NFE={len(sigmas) - 1:2d} '
+            f'({time.perf_counter() - t0:.1f}s)')
+    return records
+
+
+def theory(subject: Subject, regimes, prompts) -> dict:
+    """Closed-form exact-posterior predictions per (regime, prompt): mean-brightness bias, TV, focus."""
+    out = {}
+    for r in regimes:
+        for p in prompts:
+            w = subject.predicted(p, r.sigma)
+            ref = subject.reference(p)
+            if w is None or ref is None:
+                continue
+            k = len(w)
+            d = {'bias': (w @ ref.brightness.double()).item() - ref.brightness.mean().item(),
+                 'tv': 0.5 * (w - 1. / k).abs().sum().item()}
+            if ref.focus is not None:
+                d['focus'] = w[ref.focus].sum().item()
+            out[(r.name, p)] = d
+    return out
+
+
+def tables(records: list[Record], th: dict, regimes, samplers, prompts, n: int, floors: dict) -> str:
+    short = {'euler': 'eul', 'euler_ancestral': 'eul_a', 'dpmpp_2m': '2m', 'dpmpp_2m_sde': '2m_sde'}
+    by = {(r.regime.name, r.prompt, r.sampler): r for r in records}
+    parts = []
+    for p in prompts:
+        first = by[(regimes[0].name, p, samplers[0])].metrics
+        has_ref = 'bias' in first
+        key, label = ('bias', 'mean-brightness bias') if has_ref else ('mean', 'mean brightness')
+        cols = ['regime', 'σ₀', 'NFE'] + [f'{short.get(s, s)} {key}' for s in samplers]
+        if has_ref:
+            cols += ['theory bias'] + [f'{short.get(s, s)} W1' for s in samplers]
+            cols += [f'{short.get(s, s)} TV' for s in samplers] + ['theory TV']
+            if 'focus' in first:
+                cols += [f'{short.get(s, s)} in-class' for s in samplers] + ['theory in-class']
+        rows = []
+        for r in regimes:
+            recs = [by[(r.name, p, s)] for s in samplers]
+            row = [r.name, fmt_sigma(r.sigma), recs[0].nfe] + [x.metrics[key] for x in recs]
+            if has_ref:
+                t = th.get((r.name, p), {})
+                row += [t.get('bias', float('nan'))] + [x.metrics['w1'] for x in recs]
+                row += [x.metrics['tv'] for x in recs] + [t.get('tv', float('nan'))]
+                if 'focus' in first:
+                    row += [x.metrics['focus'] for x in recs] + [t.get('focus', float('nan'))]
+            rows.append(row)
+        note = f' (TV noise floor of a perfect sampler with n={n}: {floors[p]:.3f})' if p in floors else ''
+        parts.append(f'**prompt "{p}"** — {label}{note}\n\n' + md_table(cols, rows))
+    return '\n\n'.join(parts)
+
+
+def plot(records, th, regimes, samplers, prompts, path):
+    plt = common.pyplot()
+    fig, axes = plt.subplots(2, len(prompts), figsize=(4.2 * len(prompts), 7), squeeze=False)
+    xs = list(range(len(regimes)))
+    labels = [fmt_sigma(r.sigma) for r in regimes]
+    by = {(r.regime.name, r.prompt, r.sampler): r for r in records}
+    for j, p in enumerate(prompts):
+        for row, key in enumerate(('bias', 'tv')):
+            ax = axes[row, j]
+            for s in samplers:
+                ys = [by[(r.name, p, s)].metrics.get(key, float('nan')) for r in regimes]
+                ax.plot(xs, ys, 'o-', label=s, ms=3)
+            ys = [th.get((r.name, p), {}).get(key, float('nan')) for r in regimes]
+            ax.plot(xs, ys, 'k--', label='closed form (exact posterior)')
+            ax.set_xticks(xs, labels, rotation=60, fontsize=7)
+            ax.axhline(0, color='grey', lw=0.5)
+            ax.set_title(f'"{p}"', fontsize=9)
+            ax.set_ylabel('mean-brightness bias' if key == 'bias' else 'mode TV to uniform')
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle('Start-σ regimes (x-axis: σ₀), exact oracle; bias = sample mean − data mean', fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--smoke', action='store_true', help='tiny sizes, for the tests')
+    p.add_argument('--model', default='oracle', choices=['oracle'], help='subject (embedded: to be added)')
+    p.add_argument('--samples', type=int, default=1024)
+    p.add_argument('--steps', type=int, default=28)
+    p.add_argument('--latent', type=int, nargs=2, default=[104, 152], help='latent H W (4 channels)')
+    p.add_argument('--schedule', default='truncate', choices=['truncate', 'retime', 'karras'])
+    p.add_argument('--samplers', nargs='+', default=SAMPLERS)
+    p.add_argument('--converged-steps', type=int, default=100,
+                   help='second pass: every regime at this many native steps (start-σ effect alone); 0: skip')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--out', default=None, help='output folder (default benchmarks/results)')
+    a = p.parse_args(argv)
+    regimes, samplers = REGIMES, a.samplers
+    if a.smoke:
+        a.samples, a.steps, a.latent = 32, 8, [16, 16]
+        regimes, samplers = [REGIMES[0], REGIMES[7], REGIMES[-1]], ['euler', 'dpmpp_2m_sde']
+        a.converged_steps = 12 if a.converged_steps else 0
+    out = common.out_dir(a.out)
+    t0 = time.perf_counter()
+    subject = OracleSubject((4, *a.latent))
+    print(f'regimes: {subject.name}, latent 4×{a.latent[0]}×{a.latent[1]} (d={subject.space.d}), '
+          f'{a.samples} samples, {a.steps} steps, schedule={a.schedule}')
+    check = common.verify_reduction(conditional_dataset((4, 16, 16))[0], sampling.sample_euler,
+                                    subject.denoiser(None).get_sigmas(a.steps))
+    print(f'reduced-coordinate check (full d vs reduced, euler from ∞): max brightness diff {check:.2e}')
+    records = run(subject, regimes, samplers, a.steps, a.samples, a.seed, a.schedule)
+    th = theory(subject, regimes, subject.prompts)
+    floors = {pr: common.tv_noise_floor(a.samples, torch.full((len(subject.subsets[pr]),), 1. / len(subject.subsets[pr]),
+                                                              dtype=torch.float64)) for pr in subject.prompts}
+    table = tables(records, th, regimes, samplers, subject.prompts, a.samples, floors)
+    conv = []
+    if a.converged_steps:
+        print(f'converged pass: {a.converged_steps} native steps, euler_ancestral and dpmpp_2m')
+        soft = ['mostly dark', 'unconditional']
+        sub = OracleSubject((4, *a.latent))
+        sub.prompts = soft
+        conv = run(sub, regimes, ['euler_ancestral', 'dpmpp_2m'], a.converged_steps, a.samples, a.seed, a.schedule)
+        table += (f'\n\n**Converged pass: the same regimes at {a.converged_steps} native steps** (isolates the '
+                  f'start-σ effect from the discretisation of the first steps)\n\n'
+                  + tables(conv, th, regimes, ['euler_ancestral', 'dpmpp_2m'], soft, a.samples, floors))
+    print(table)
+    plot(records, th, regimes, samplers, subject.prompts, out / 'regimes.png')
+    payload = {'args': vars(a), 'reduction_check': check, 'seconds': time.perf_counter() - t0,
+               'records': [{'regime': r.regime.name, 'sigma0': r.regime.sigma, 'sampler': r.sampler,
+                            'prompt': r.prompt, 'nfe': r.nfe, **r.metrics} for r in records],
+               'converged': [{'regime': r.regime.name, 'sigma0': r.regime.sigma, 'sampler': r.sampler,
+                              'prompt': r.prompt, 'nfe': r.nfe, **r.metrics} for r in conv],
+               'theory': [{'regime': k[0], 'prompt': k[1], **v} for k, v in th.items()]}
+    common.write_outputs(out, 'regimes', table, payload)
+    print(f'wrote {out / "regimes.png"}, regimes.md, regimes.json ({time.perf_counter() - t0:.0f}s)')
+    return payload
+
+
+if __name__ == '__main__':
+    main()
