@@ -380,7 +380,7 @@ def set_rng_state(state: dict) -> None:
 def load_trained(path: Union[str, os.PathLike], ema: bool = True, device='cpu'):
     """(denoiser, text conditioner or None, config) from a checkpoint directory or out_dir, for sampling."""
     ckpt = resolve_checkpoint(path)
-    config = load_config(ckpt / 'model.safetensors')
+    config = load_config(ckpt / ('ema.safetensors' if ema else 'model.safetensors'))
     text = build_text(config['text'])
     if text is not None and (ckpt / 'text.safetensors').is_file():
         text.load_state_dict(load_file(str(ckpt / 'text.safetensors')))

@@ -25,7 +25,7 @@ setup
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::UserWarning:clip.clip}
 case "$cmd" in
   setup) ;;
-  demo) exec "$VENV/bin/python" examples/quickstart.py "$@" ;;
+  demo) exec "$VENV/bin/kdiff-ztsnr" demo "$@" ;;
   test) exec "$VENV/bin/python" -m pytest -q "$@" ;;
   *) echo "usage: bash scripts/dev.sh {demo|test|setup} [args]" >&2; exit 2 ;;
 esac

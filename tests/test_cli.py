@@ -163,4 +163,4 @@ def test_demo_grid_and_table(ckpt, tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'completely black' in out and 'clamp 20000' in out and 'sigma_max 14.6146' in out
     grid = Image.open(tmp_path / 'regimes.png')
-    assert grid.size[1] == 12 * (16 + 2)                              # 4 prompts x 3 regimes
+    assert grid.size[1] == 15 * (16 + 2)                              # 5 prompts x 3 regimes
