@@ -68,9 +68,9 @@ def out_dir(path: Optional[str]) -> Path:
     return d
 
 
-def write_outputs(out: Path, name: str, table: str, payload: dict) -> None:
+def write_outputs(out: Path, name: str, table: str, payload: dict, script: Optional[str] = None) -> None:
     """results/NAME.md (the printed table, with the machine) and results/NAME.json (raw numbers)."""
-    header = f'<!-- written by benchmarks/{name}.py; {time.strftime("%Y-%m-%d %H:%M")}; {machine_line()} -->\n'
+    header = f'<!-- written by benchmarks/{script or name}.py; {time.strftime("%Y-%m-%d %H:%M")}; {machine_line()} -->\n'
     (out / f'{name}.md').write_text(header + table + '\n')
     (out / f'{name}.json').write_text(json.dumps({'machine': machine(), **payload}, indent=1, default=float))
 

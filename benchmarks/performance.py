@@ -48,55 +48,14 @@ class Null(nn.Module):
 
 # ------------------------------------------------------------------------------------------ 1. wrapper
 
-class PatchedDiscreteVDenoiser(DiscreteVDenoiser):
-    """A proposed patch for kdiff_ztsnr/denoisers.py, measured here without editing it (same outputs):
-    the finite log table and the ∞-ramp constants are computed once in __init__ instead of per call
-    (sigma_to_t: `log_sigmas[log_sigmas.isfinite()]`, `self.sigmas[-2]`, the √ᾱ top), the ∞ ramp runs only
-    when some σ is above the last finite table σ, and get_scalings uses k-diffusion's own finite formulas
-    unless some σ is ∞."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        finite = self.sigmas.isfinite()
-        self.register_buffer('log_f', self.log_sigmas[finite].clone())
-        self.n_f = int(finite.sum())
-        self.has_inf = self.n_f < len(self.sigmas)
-        self.sigma_top = float(self.sigmas[self.n_f - 1])
-        self.sqrt_ac_top = (1 + self.sigma_top ** 2) ** -0.5
-
-    def sigma_to_t(self, sigma, quantize=None):
-        quantize = self.quantize if quantize is None else quantize
-        sigma = torch.as_tensor(sigma, device=self.sigmas.device).float()
-        log_sigma = sigma.log()
-        low = (torch.searchsorted(self.log_f, log_sigma.reshape(-1), right=True) - 1).clamp(0, self.n_f - 2)
-        low = low.view(sigma.shape)
-        lo, hi = self.log_f[low], self.log_f[low + 1]
-        t = low + ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
-        if self.has_inf and bool((sigma > self.sigma_top).any()):
-            t_top = (self.n_f - 1) + (1 - (1 + sigma ** 2).rsqrt() / self.sqrt_ac_top)
-            t = torch.where(sigma > self.sigma_top, t_top, t)
-        return t.round().long() if quantize else t
-
-    def get_scalings(self, sigma):
-        if bool(sigma.isinf().any()):
-            return super().get_scalings(sigma)
-        sigma = sigma.to(torch.promote_types(sigma.dtype, torch.float32))
-        sd2 = self.sigma_data ** 2
-        c_skip = sd2 / (sigma ** 2 + sd2)
-        c_out = -sigma * self.sigma_data / (sigma ** 2 + sd2) ** 0.5
-        return c_skip, c_out, (sigma ** 2 + sd2).rsqrt()
-
-
 def wrapper_overhead(sizes, repeats, inner):
     ztsnr, sdxl = schedules.ztsnr_alphas_cumprod(), schedules.sdxl_alphas_cumprod()
     ours = DiscreteVDenoiser(Null(), ztsnr)
     ours_sdxl = DiscreteVDenoiser(Null(), sdxl)
-    patched = PatchedDiscreteVDenoiser(Null(), ztsnr)
-    for sig in (torch.tensor([0.03, 5., 2254.2, 4096., 20000., math.inf]),):   # the patch changes no output
-        xs = torch.randn(len(sig), 4, 8, 8)
-        assert torch.equal(patched.sigma_to_t(sig), ours.sigma_to_t(sig))
-        assert torch.allclose(patched(xs, sig), ours(xs, sig), rtol=1e-6, atol=1e-6)
     theirs = external.DiscreteVDDPMDenoiser(Null(), sdxl.float(), quantize=False)
+    sig = torch.tensor([0.03, 5., 14.6])        # where both tables are defined, both wrappers agree
+    xs = torch.randn(len(sig), 4, 8, 8)
+    assert torch.allclose(ours_sdxl(xs, sig), theirs(xs, sig), rtol=1e-5, atol=1e-5)
     rows, raw = [], []
     for shape in sizes:
         x = torch.randn(shape)
@@ -108,45 +67,82 @@ def wrapper_overhead(sizes, repeats, inner):
                 'ours (ZTSNR table)': lambda: ours(x, sigma),
                 'ours (SDXL table)': lambda: ours_sdxl(x, sigma),
                 'ours at σ=∞': lambda: ours(x, inf),
-                'proposed patch': lambda: patched(x, sigma),
             }, repeats, inner)
         base = t['k-diffusion']
         rows.append(['×'.join(map(str, shape)), base * 1e6, t['ours (ZTSNR table)'] * 1e6,
-                     t['ours (ZTSNR table)'] / base, t['ours (SDXL table)'] / base, t['ours at σ=∞'] / base,
-                     t['proposed patch'] / base])
+                     t['ours (ZTSNR table)'] / base, t['ours (SDXL table)'] / base, t['ours at σ=∞'] / base])
         raw.append({'shape': shape, **{k: v for k, v in t.items()}})
     cols = ['x shape', 'k-diffusion µs/call', 'ours µs/call', 'ratio (ZTSNR table)', 'ratio (SDXL table)',
-            'ratio at σ=∞', 'ratio, proposed patch']
+            'ratio at σ=∞']
     return md_table(cols, rows), raw
 
 
-def profile_wrapper(sizes=((1, 4, 32, 32), (2, 4, 104, 152)), repeats=41, inner=100):
-    """Which parts of DiscreteVDenoiser cost what: ablations (one change at a time) timed against k-diffusion."""
+def profile_wrapper(sizes=((1, 4, 32, 32), (2, 4, 104, 152)), repeats=61, inner=100, profiled_calls=500):
+    """What costs what in one DiscreteVDenoiser call at a finite σ, against k-diffusion's DiscreteVDDPMDenoiser:
+    (a) wall time of the pieces and of hybrids (k-diffusion's forward with one of our pieces swapped in; ours
+    without its dtype handling), interleaved medians; (b) torch.profiler's count and self time of the aten ops
+    per call."""
     from k_diffusion import utils
-    from kdiff_ztsnr.denoisers import VPreconditioner
+    from torch.profiler import ProfilerActivity, profile
 
-    class OnlyT(PatchedDiscreteVDenoiser):            # precomputed table in sigma_to_t, package scalings
-        get_scalings = VPreconditioner.get_scalings
-
-    class OnlyScalings(PatchedDiscreteVDenoiser):     # finite-branch scalings, package sigma_to_t
-        sigma_to_t = DiscreteVDenoiser.sigma_to_t
-
-    class NoCasts(PatchedDiscreteVDenoiser):          # the patch, and no dtype casts / module_dtype walk
-        def forward(self, input, sigma, **kw):
-            c_skip, c_out, c_in = [utils.append_dims(c, input.ndim) for c in self.get_scalings(sigma)]
-            return self.inner_model(input * c_in, self.sigma_to_t(sigma), **kw) * c_out + input * c_skip
     z = schedules.ztsnr_alphas_cumprod()
-    models = {'k-diffusion': external.DiscreteVDDPMDenoiser(Null(), schedules.sdxl_alphas_cumprod().float(), False),
-              'ours': DiscreteVDenoiser(Null(), z), 'precomputed sigma_to_t only': OnlyT(Null(), z),
-              'finite-branch scalings only': OnlyScalings(Null(), z), 'both (proposed patch)': PatchedDiscreteVDenoiser(Null(), z),
-              'patch + no dtype casts': NoCasts(Null(), z)}
+    theirs = external.DiscreteVDDPMDenoiser(Null(), schedules.sdxl_alphas_cumprod().float(), False)
+    ours = DiscreteVDenoiser(Null(), z)
+
+    def forward(scalings, sigma_to_t, net):        # k-diffusion's DiscreteVDDPMDenoiser.forward, pieces given
+        def f(x, sigma):
+            c_skip, c_out, c_in = [utils.append_dims(c, x.ndim) for c in scalings(sigma)]
+            return net(x * c_in, sigma_to_t(sigma)) * c_out + x * c_skip
+        return f
+    kd_inline = forward(theirs.get_scalings, theirs.sigma_to_t, theirs.inner_model)
+    ours_inline = forward(ours.get_scalings, ours.sigma_to_t, ours.inner_model)     # = ours minus dtype handling
+    kd_our_t = forward(theirs.get_scalings, ours.sigma_to_t, theirs.inner_model)
+    kd_our_scalings = forward(ours.get_scalings, theirs.sigma_to_t, theirs.inner_model)
+    parts, raw = [], {}
     rows = []
     for shape in sizes:
         x, sig = torch.randn(shape), torch.full((shape[0],), 5.)
+        fns = {
+            'k-diffusion call': lambda: theirs(x, sig),
+            'ours call': lambda: ours(x, sig),
+            "k-diffusion's forward inlined (no nn.Module call)": lambda: kd_inline(x, sig),
+            'ours inlined, no dtype handling (same ops as the line above, our pieces)': lambda: ours_inline(x, sig),
+            'k-diffusion inlined, our sigma_to_t': lambda: kd_our_t(x, sig),
+            'k-diffusion inlined, our get_scalings': lambda: kd_our_scalings(x, sig),
+            'k-diffusion sigma_to_t alone': lambda: theirs.sigma_to_t(sig),
+            'ours sigma_to_t alone': lambda: ours.sigma_to_t(sig),
+            'k-diffusion get_scalings alone': lambda: theirs.get_scalings(sig),
+            'ours get_scalings alone': lambda: ours.get_scalings(sig),
+        }
         with torch.no_grad():
-            t = common.interleaved({k: (lambda m=m: m(x, sig)) for k, m in models.items()}, repeats, inner)
-        rows.append(['×'.join(map(str, shape))] + [t[k] / t['k-diffusion'] for k in models])
-    return md_table(['x shape'] + [f'{k} (× k-diffusion)' for k in models], rows)
+            t = common.interleaved(fns, repeats, inner)
+        base = t['k-diffusion call']
+        raw[str(shape)] = t
+        rows += [['×'.join(map(str, shape)), k, v * 1e6, v / base] for k, v in t.items()]
+    parts.append('(a) wall time, interleaved medians\n\n' + md_table(['x shape', 'what', 'µs', '× k-diffusion call'], rows))
+    x, sig = torch.randn(sizes[0]), torch.full((sizes[0][0],), 5.)
+    rows = []
+    for name, m in (('k-diffusion', theirs), ('ours', ours)):
+        with torch.no_grad():
+            for _ in range(20):
+                m(x, sig)
+            wall = common.interleaved({name: lambda: m(x, sig)}, 5, profiled_calls // 5)[name]
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(profiled_calls):
+                    m(x, sig)
+        ev = prof.key_averages()
+        ops = sum(e.count for e in ev) / profiled_calls
+        aten = sum(e.self_cpu_time_total for e in ev) / profiled_calls
+        top = sorted(ev, key=lambda e: -e.self_cpu_time_total)[:6]
+        rows.append([name, wall * 1e6, ops, aten,
+                     ', '.join(f'{e.key[6:]} {e.count / profiled_calls:g}× {e.self_cpu_time_total / profiled_calls:.1f}'
+                               for e in top)])
+        raw[f'ops {name}'] = {'wall': wall, 'ops': ops, 'aten_us': aten}
+    parts.append(f'(b) aten ops per call (torch.profiler, {profiled_calls} calls, x {"×".join(map(str, sizes[0]))}; '
+                 'op self times include the profiler\'s own per-op cost)\n\n' +
+                 md_table(['wrapper', 'wall µs (no profiler)', 'aten ops/call', 'aten self µs/call (profiled)',
+                           'top ops: count, µs'], rows))
+    return '\n\n'.join(parts), raw
 
 
 # ------------------------------------------------------------------------------------------ 2. calls
@@ -286,7 +282,7 @@ def main(argv=None):
     out = common.out_dir(a.out)
     t0 = time.perf_counter()
     sizes = [(1, 4, 32, 32), (1, 4, 128, 128), (2, 4, 104, 152), (8, 4, 128, 128)]
-    rep, inner, n_plan, plan_rep, tr_rep = 31, 50, 6_000_000, 3, 10
+    rep, inner, n_plan, plan_rep, tr_rep = 61, 100, 6_000_000, 3, 10
     tiny = {'type': 'image_v1', 'input_channels': 3, 'mapping_out': 32, 'depths': [1, 1], 'channels': [16, 32],
             'self_attn_depths': [False, True]}
     small = {'type': 'image_v1', 'input_channels': 3, 'mapping_out': 128, 'depths': [2, 2, 2],
@@ -302,7 +298,7 @@ def main(argv=None):
     payload['wrapper'] = raw
     print(parts[-1])
     if a.profile:
-        tab = profile_wrapper()
+        tab, payload['profile'] = profile_wrapper(*(((sizes[0],), 3, 5, 20) if a.smoke else ()))
         parts.append('**1b. Where the wrapper time goes (ablations, --profile)**\n\n' + tab)
         print(parts[-1])
     tab, raw = calls_per_sampler(10)
@@ -344,7 +340,7 @@ def plot(payload, path):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     w = payload['wrapper']
     labels = ['×'.join(map(str, r['shape'])) for r in w]
-    for key in ('ours (ZTSNR table)', 'ours (SDXL table)', 'ours at σ=∞', 'proposed patch'):
+    for key in ('ours (ZTSNR table)', 'ours (SDXL table)', 'ours at σ=∞'):
         axes[0].plot(labels, [r[key] / r['k-diffusion'] for r in w], 'o-', label=key)
     axes[0].axhline(1.05, color='r', ls='--', lw=0.8, label='target 1.05×')
     axes[0].axhline(1.0, color='k', lw=0.5)

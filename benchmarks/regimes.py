@@ -23,7 +23,14 @@ mode weights an exact posterior sampler would give from x = σ₀·n (common.pos
 
 The subject is pluggable: ``run(subject, regimes, samplers, …)`` needs only ``Subject``'s methods (a denoiser
 factory taking the table clamp, noise, per-prompt extra_args, brightness); data-based metrics are skipped
-when ``subject.reference`` returns None. ``--model embedded`` is the place to add the lead's trained model.
+when ``subject.reference`` returns None.
+
+``--model embedded`` (or a trainer checkpoint directory): the trained pixel-space model instead of the oracle
+(``trained.TrainedSubject``: the package's pipeline, sampled as ``generate`` samples it). Prompts "completely
+black" and "completely white" at CFG scales ``--scales`` (default 5 and 1) and '' at scale 1; the same seeds
+for every regime. Finite starts use generate's ``ztsnr='sigma_max'`` schedule with resolution_aware=False
+(the native ramp re-timed to start at σ₀, equal NFE: ``--schedule retime``, the default for a model); the
+clamps use the clamped table's native schedule; ∞ the exact one. Writes regimes_NAME.{md,json,png}.
 """
 
 import argparse
@@ -312,18 +319,29 @@ def plot(records, th, regimes, samplers, prompts, path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--smoke', action='store_true', help='tiny sizes, for the tests')
-    p.add_argument('--model', default='oracle', choices=['oracle'], help='subject (embedded: to be added)')
-    p.add_argument('--samples', type=int, default=1024)
+    p.add_argument('--model', default='oracle', help="'oracle' (exact closed-form model), 'embedded' or a trainer "
+                   'checkpoint directory (the trained model; see trained.py)')
+    p.add_argument('--samples', type=int, default=None, help='samples per prompt (default 1024; 32 for a model)')
+    p.add_argument('--uncond-samples', type=int, default=None, help="model: samples for '' (default --samples)")
+    p.add_argument('--scales', type=float, nargs='+', default=[5., 1.], help='model: CFG scales for the solid prompts')
+    p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s)')
     p.add_argument('--steps', type=int, default=28)
     p.add_argument('--latent', type=int, nargs=2, default=[104, 152], help='latent H W (4 channels)')
-    p.add_argument('--schedule', default='truncate', choices=['truncate', 'retime', 'karras'])
-    p.add_argument('--samplers', nargs='+', default=SAMPLERS)
+    p.add_argument('--schedule', default=None, choices=['truncate', 'retime', 'karras'],
+                   help='finite starts (default truncate; retime for a model)')
+    p.add_argument('--samplers', nargs='+', default=None, help=f'default {SAMPLERS}; euler_ancestral for a model')
     p.add_argument('--converged-steps', type=int, default=100,
                    help='second pass: every regime at this many native steps (start-σ effect alone); 0: skip')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default=None, help='output folder (default benchmarks/results)')
     a = p.parse_args(argv)
-    regimes, samplers = REGIMES, a.samplers
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.model != 'oracle':
+        return main_trained(a)
+    a.samples = a.samples or 1024
+    a.schedule = a.schedule or 'truncate'
+    regimes, samplers = REGIMES, a.samplers or SAMPLERS
     if a.smoke:
         a.samples, a.steps, a.latent = 32, 8, [16, 16]
         regimes, samplers = [REGIMES[0], REGIMES[7], REGIMES[-1]], ['euler', 'dpmpp_2m_sde']
@@ -362,6 +380,97 @@ def main(argv=None):
     common.write_outputs(out, 'regimes', table, payload)
     print(f'wrote {out / "regimes.png"}, regimes.md, regimes.json ({time.perf_counter() - t0:.0f}s)')
     return payload
+
+
+# ---------------------------------------------------------------------------------------------- trained model
+
+def model_sigmas(subject, regime: Regime, steps: int, mode: str) -> torch.Tensor:
+    """What generate() uses for the regime (retime), or the oracle benchmark's truncate / karras variants."""
+    from kdiff_ztsnr.generate import make_sigmas
+    model = subject.denoiser(regime.clamp)
+    if mode != 'retime':
+        return regime_sigmas(regime, model, steps, mode)
+    if regime.clamp is not None or math.isinf(regime.sigma):
+        return make_sigmas(model, 'native', steps)                  # [clamp or ∞, 56.18, …, 0]
+    return make_sigmas(model, 'native', steps, regime.sigma)        # ztsnr='sigma_max', resolution_aware=False
+
+
+def main_trained(a):
+    import trained
+    regimes = list(REGIMES)
+    samplers = a.samplers or ['euler_ancestral']
+    mode = a.schedule or 'retime'
+    n = a.samples or 32
+    if a.smoke:
+        n, a.steps, regimes, samplers = 4, 4, [REGIMES[0], REGIMES[7], REGIMES[-1]], samplers[:1]
+    n_u = a.uncond_samples or n
+    out = common.out_dir(a.out)
+    t0 = time.perf_counter()
+    subject = trained.TrainedSubject(a.model)
+    check = subject.check_against_generate()
+    tasks = trained.default_tasks(n, n_u, a.scales)
+    floors = {t: {**subject.w1_floor(t.n, t.prompt), 'data_spread': subject.reference(t.prompt).mean(1).std().item()}
+              for t in tasks if not t.prompt}
+    print(f'regimes: {subject.describe()}; {n} samples per solid prompt, {n_u} for \'\', {a.steps} steps, '
+          f'schedule={mode}, samplers {samplers}; same path as generate(): max |diff| {check:.1e}')
+    records, rows, raw = {}, [], []
+    for regime in regimes:
+        sigmas = model_sigmas(subject, regime, a.steps, mode)
+        for sampler in samplers:
+            t1 = time.perf_counter()
+            res = subject.sample(sigmas, tasks, sampler, a.seed, regime.clamp)
+            keys = (regime.name, fmt_sigma(regime.sigma), len(sigmas) - 1, sampler)
+            rows.append(keys)
+            for t, colours in res.items():
+                m = subject.measure(t, colours)
+                records[(keys, t)] = m
+                raw.append({'regime': regime.name, 'sigma0': regime.sigma, 'nfe': len(sigmas) - 1, 'sampler': sampler,
+                            'prompt': t.prompt, 'scale': t.scale, 'n': t.n, **m})
+            print(f'  {regime.name:24s} σ₀={fmt_sigma(regime.sigma):>9s} {sampler} ({time.perf_counter() - t1:.1f}s)')
+    table = trained.metric_table(rows, ['regime', 'σ₀', 'NFE', 'sampler'], tasks, records, floors)
+    table = f'Model: {subject.describe()}\n\n' + table
+    print(table)
+    name = f'regimes_{subject.name}'
+    plot_trained(raw, regimes, samplers, tasks, floors, out / f'{name}.png', subject.name)
+    payload = {'args': vars(a), 'model': subject.describe(), 'generate_check': check, 'records': raw,
+               'floors': [{'prompt': t.prompt, 'n': t.n, **f} for t, f in floors.items()],
+               'seconds': time.perf_counter() - t0}
+    common.write_outputs(out, name, table, payload, script='regimes')
+    print(f'wrote {out / name}.png, .md, .json ({time.perf_counter() - t0:.0f}s)')
+    return payload
+
+
+def plot_trained(raw, regimes, samplers, tasks, floors, path, model_name):
+    plt = common.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    xs = list(range(len(regimes)))
+    labels = [fmt_sigma(r.sigma) for r in regimes]
+
+    def series(t, sampler, key):
+        return [next(r[key] for r in raw if r['regime'] == g.name and r['sampler'] == sampler and
+                     r['prompt'] == t.prompt and r['scale'] == t.scale) for g in regimes]
+    for sampler in samplers:
+        for t in tasks:
+            if t.prompt:
+                axes[0].plot(xs, series(t, sampler, 'bias'), 'o-', ms=3, label=f'{t.label}, {sampler}')
+            else:
+                axes[1].plot(xs, series(t, sampler, 'w1'), 'o-', ms=3, label=f'W1 brightness, {sampler}')
+                axes[1].plot(xs, series(t, sampler, 'w1_colour'), 's--', ms=3, label=f'W1 colour, {sampler}')
+    for t, f in floors.items():
+        axes[1].axhline(f['w1'], color='grey', lw=0.8, ls=':', label=f'perfect sampler, n={t.n}')
+    axes[0].axhline(0, color='k', lw=0.5)
+    axes[0].set_ylabel('mean brightness − data (0 black, 1 white)')
+    axes[0].set_title('solid prompts: brightness bias', fontsize=9)
+    axes[1].set_ylabel('W1 to the training data')
+    axes[1].set_title("unconditional '' (scale 1)", fontsize=9)
+    for ax in axes:
+        ax.set_xticks(xs, labels, rotation=60, fontsize=7)
+        ax.set_xlabel('start σ₀')
+        ax.legend(fontsize=6)
+    fig.suptitle(f'Start-σ regimes, trained model ({model_name})', fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == '__main__':

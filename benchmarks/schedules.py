@@ -15,6 +15,14 @@ error against a high-NFE reference solve of the probability-flow ODE from the sa
 2000 log-spaced steps from σ = 10⁶ on the raw, σ-exact denoiser in float64; its own error is estimated
 against 1000 steps and printed): RMS error per latent element and the fraction of samples that end in
 the same mode as the reference.
+
+``--model embedded`` (or a trainer checkpoint directory): the trained pixel-space model instead
+(``trained.TrainedSubject``, sampled as ``generate`` samples it, same seeds for every schedule). Schedules
+(``--schedules``): native, karras ρ=7, exponential (the package's ``make_sigmas``: ∞ then the ramp from the
+largest finite table σ, 2254.24) and polyexponential ρ=2 (``make_sigmas``'s polyexponential has ρ=1, which
+is the exponential schedule); prompts "completely black"/"completely white" at CFG ``--scales`` (default 5)
+and '' at scale 1. Metrics: brightness bias, spread, W1 brightness and W1 colour to the training images of
+the prompt (trained.py). Writes schedules_NAME.{md,json,png}.
 """
 
 import argparse
@@ -173,13 +181,28 @@ def plot(rows, specs, nfes, samplers, path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--smoke', action='store_true')
-    p.add_argument('--samples', type=int, default=1024)
+    p.add_argument('--model', default='oracle', help="'oracle' (exact closed-form subjects), 'embedded' or a "
+                   'trainer checkpoint directory (see trained.py)')
+    p.add_argument('--schedules', nargs='+', default=None,
+                   help='model: schedules to compare (default native, karras ρ=7, exponential, polyexp ρ=2)')
+    p.add_argument('--scales', type=float, nargs='+', default=[5.], help='model: CFG scales for the solid prompts')
+    p.add_argument('--uncond-samples', type=int, default=None, help="model: samples for '' (default --samples)")
+    p.add_argument('--threads', type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument('--samples', type=int, default=None, help='default 1024; 32 for a model')
     p.add_argument('--nfe', type=int, nargs='+', default=[10, 20, 28, 50])
     p.add_argument('--latent', type=int, nargs=2, default=[104, 152])
-    p.add_argument('--samplers', nargs='+', default=['euler', 'euler_ancestral', 'dpmpp_2m', 'dpmpp_2m_sde'])
+    p.add_argument('--samplers', nargs='+', default=None,
+                   help='default euler euler_ancestral dpmpp_2m dpmpp_2m_sde; euler_ancestral for a model')
     p.add_argument('--ref-steps', type=int, default=2000)
+    p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default=None)
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.model != 'oracle':
+        return main_trained(a)
+    a.samples = a.samples or 1024
+    a.samplers = a.samplers or ['euler', 'euler_ancestral', 'dpmpp_2m', 'dpmpp_2m_sde']
     subjects = [('oracle s=0', 0.), ('GMM s=0.5', 0.5)]
     if a.smoke:
         a.samples, a.nfe, a.latent, a.ref_steps = 32, [6], [16, 16], 100
@@ -209,6 +232,115 @@ def main(argv=None):
     common.write_outputs(out, 'schedules', table, payload)
     print(f'wrote {out / "schedules.png"} ({time.perf_counter() - t0:.0f}s)')
     return payload
+
+
+# ---------------------------------------------------------------------------------------------- trained model
+
+MODEL_SCHEDULES = ['native', 'karras ρ=7', 'exponential', 'polyexp ρ=2']
+
+
+def model_specs(names, sigma_top):
+    """name -> f(model, n); the package's make_sigmas where it has the schedule, schedule_specs otherwise."""
+    from kdiff_ztsnr.generate import make_sigmas
+    specs = schedule_specs(sigma_top)
+    pkg = {'native': 'native', 'karras ρ=7': 'karras', 'exponential': 'exponential'}
+    out = {}
+    for name in names:
+        if name in pkg:
+            out[name] = lambda m, n, kind=pkg[name]: make_sigmas(m, kind, n)
+        elif name in specs:
+            out[name] = specs[name]
+        else:
+            raise SystemExit(f'unknown schedule {name!r}; choose from {", ".join(specs)}')
+    return out
+
+
+def main_trained(a):
+    import trained
+    samplers = a.samplers or ['euler_ancestral']
+    names = a.schedules or MODEL_SCHEDULES
+    n = a.samples or 32
+    nfes = a.nfe
+    if a.smoke:
+        n, nfes, samplers = 4, [4], samplers[:1]
+    n_u = a.uncond_samples or n
+    out = common.out_dir(a.out)
+    t0 = time.perf_counter()
+    subject = trained.TrainedSubject(a.model)
+    model = subject.denoiser()
+    specs = model_specs(names, float(model.sigma_max_finite))
+    tasks = trained.default_tasks(n, n_u, a.scales)
+    floors = {t: {**subject.w1_floor(t.n, t.prompt), 'data_spread': subject.reference(t.prompt).mean(1).std().item()}
+              for t in tasks if not t.prompt}
+    print(f'schedules: {subject.describe()}; {n} samples per solid prompt, {n_u} for \'\', NFE {nfes}, '
+          f'samplers {samplers}')
+    records, rows, raw = {}, [], []
+    for nfe in nfes:
+        t1 = time.perf_counter()
+        for name, spec in specs.items():
+            sigmas = spec(model, nfe)
+            for sampler in samplers:
+                res = subject.sample(sigmas, tasks, sampler, a.seed)
+                keys = (nfe, name, fmt_sigma1(sigmas), sampler)
+                rows.append(keys)
+                for t, colours in res.items():
+                    m = subject.measure(t, colours)
+                    records[(keys, t)] = m
+                    raw.append({'nfe': nfe, 'schedule': name, 'sigma1': float(sigmas[1]), 'sampler': sampler,
+                                'prompt': t.prompt, 'scale': t.scale, 'n': t.n, **m})
+        print(f'  NFE {nfe} done ({time.perf_counter() - t1:.0f}s)')
+    table = f'Model: {subject.describe()}\n\n' + trained.metric_table(rows, ['NFE', 'schedule', 'σ₁', 'sampler'],
+                                                                       tasks, records, floors)
+    rank = {}
+    for name in specs:
+        rank[name] = []
+    for nfe in nfes:
+        for sampler in samplers:
+            for t in tasks:
+                for key in ('w1', 'w1_colour'):
+                    cell = sorted((records[((nfe, nm, fmt_sigma1(specs[nm](model, nfe)), sampler), t)][key], nm)
+                                  for nm in specs)
+                    for i, (_, nm) in enumerate(cell):
+                        rank[nm].append(i + 1)
+    rank = {k: sum(v) / len(v) for k, v in rank.items()}
+    table += ('\n\nMean rank over (NFE, sampler, prompt/scale, {W1 brightness, W1 colour}) cells, 1 = best:\n\n'
+              + md_table(['schedule', 'mean rank'], sorted(rank.items(), key=lambda kv: kv[1])))
+    print(table)
+    name = f'schedules_{subject.name}'
+    plot_trained(raw, specs, nfes, samplers, tasks, floors, out / f'{name}.png', subject.name)
+    payload = {'args': vars(a), 'model': subject.describe(), 'records': raw, 'rank': rank,
+               'floors': [{'prompt': t.prompt, 'n': t.n, **f} for t, f in floors.items()],
+               'seconds': time.perf_counter() - t0}
+    common.write_outputs(out, name, table, payload, script='schedules')
+    print(f'wrote {out / name}.png, .md, .json ({time.perf_counter() - t0:.0f}s)')
+    return payload
+
+
+def fmt_sigma1(sigmas):
+    return f'{float(sigmas[1]):.4g}'
+
+
+def plot_trained(raw, specs, nfes, samplers, tasks, floors, path, model_name):
+    plt = common.pyplot()
+    panels = [(t, 'w1') for t in tasks if t.prompt] + [(t, k) for t in tasks if not t.prompt for k in ('w1', 'w1_colour')]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4), squeeze=False)
+    for ax, (t, key) in zip(axes[0], panels):
+        for sampler in samplers:
+            for name in specs:
+                ys = [next(r[key] for r in raw if r['nfe'] == nfe and r['schedule'] == name and r['sampler'] == sampler
+                           and r['prompt'] == t.prompt and r['scale'] == t.scale) for nfe in nfes]
+                ax.plot(nfes, ys, 'o-', ms=3, lw=2.5 if name == 'native' else 1,
+                        label=name if len(samplers) == 1 else f'{name}, {sampler}')
+        if t in floors:
+            ax.axhline(floors[t][key], color='grey', lw=0.8, ls=':', label=f'perfect sampler, n={t.n}')
+        ax.set_title(f'{t.label}: {"W1 colour" if key == "w1_colour" else "W1 brightness"}', fontsize=8)
+        ax.set_xlabel('NFE')
+    axes[0, 0].set_ylabel('W1 to the training data')
+    axes[0, 0].legend(fontsize=6)
+    fig.suptitle(f'Schedules from ∞, trained model ({model_name})', fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == '__main__':

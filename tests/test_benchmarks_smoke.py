@@ -22,7 +22,7 @@ def load(name):
 @pytest.mark.filterwarnings('ignore:Should have tb')      # torchsde round-off inside k-diffusion's Brownian tree
 @pytest.mark.parametrize('name', ['regimes', 'resolution', 'schedules', 'performance'])
 def test_benchmark_smoke(name, tmp_path, capsys):
-    payload = load(name).main(['--smoke', '--out', str(tmp_path)])
+    payload = load(name).main(['--smoke', '--out', str(tmp_path)] + (['--profile'] if name == 'performance' else []))
     for ext in ('md', 'json', 'png'):
         assert (tmp_path / f'{name}.{ext}').stat().st_size > 0
     table = (tmp_path / f'{name}.md').read_text()
@@ -59,3 +59,52 @@ def test_performance_calls_and_guidance():
     assert all(r[3] == 1 for r in rows)                   # exactly one extra call: the step from ∞
     _, rows = perf.guided_forwards(5, batch=2)
     assert rows[0][4] == 1 and rows[0][5] == [4]           # one batched forward per guided step
+
+
+@pytest.fixture(scope='module')
+def tiny_checkpoint(tmp_path_factory):
+    """A trainer checkpoint after 2 steps (as tests/test_cli.py's): plumbing only, its samples are noise. Its
+    12-image synthetic set (seed 0, solid_fraction 0.5) holds a 'completely black' and a 'completely white'."""
+    from accelerate.state import AcceleratorState, GradientState
+    from kdiff_ztsnr import training
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    out = tmp_path_factory.mktemp('bench_ckpt')
+    config = {'model': {'type': 'image_v1', 'input_channels': 3, 'mapping_out': 16, 'depths': [1, 1],
+                        'channels': [8, 16], 'self_attn_depths': [False, True], 'sigma_data': 0.5},
+              'dataset': {'type': 'synthetic', 'location': str(out / 'data'),
+                          'buckets': {'max_area': 256, 'max_side': 32, 'min_side': 16, 'step': 16, 'extra': [[16, 16]]},
+                          'synthetic': {'n': 12, 'sizes': [[16, 16]], 'seed': 0, 'solid_fraction': 0.5}},
+              'text': {'encoders': [{'hidden_size': 16, 'intermediate_size': 32, 'num_hidden_layers': 1,
+                                     'num_attention_heads': 2, 'projection_dim': 8}]},
+              'training': {'steps': 2, 'batch_size': 4, 'out_dir': str(out), 'cpu': True, 'checkpoint_every': 1000,
+                           'log_every': 1000, 'threads': 1}}
+    training.Trainer(config).run()
+    return out
+
+
+@pytest.mark.filterwarnings('ignore:Should have tb')
+@pytest.mark.parametrize('name', ['regimes', 'schedules'])
+def test_benchmark_smoke_trained_model(name, tiny_checkpoint, tmp_path, capsys):
+    """``--model PATH``: the trained-model path of regimes.py / schedules.py (the same code as --model embedded)."""
+    payload = load(name).main(['--smoke', '--model', str(tiny_checkpoint), '--out', str(tmp_path)])
+    stem = f'{name}_{tiny_checkpoint.name}'
+    for ext in ('md', 'json', 'png'):
+        assert (tmp_path / f'{stem}.{ext}').stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert '**"completely black" scale 5**' in printed and '**unconditional "" scale 1**' in printed
+    recs = payload['records']
+    assert {r['prompt'] for r in recs} == {'completely black', 'completely white', ''}
+    assert all(0 <= r['mean'] <= 1 and r['w1'] >= 0 for r in recs)
+    if name == 'regimes':
+        assert payload['generate_check'] == 0            # the benchmark samples exactly as generate() does
+        assert sorted({round(r['sigma0'], 2) for r in recs}) == [14.61, 20000., float('inf')]
+
+
+def test_trained_reference_data():
+    """The metrics' reference: the embedded config's training images, rendered from their captions."""
+    trained = load('trained')
+    caps, colours = trained.training_colours({'n': 300, 'sizes': [[8, 8]], 'seed': 0, 'solid_fraction': 0.3})
+    black = colours[[c == 'completely black' for c in caps]]
+    white = colours[[c == 'completely white' for c in caps]]
+    assert len(black) and len(white) and black.abs().max() == 0 and (white == 1).all()

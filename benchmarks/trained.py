@@ -1,0 +1,199 @@
+"""A trained model as a benchmark subject (``--model PATH|embedded`` in regimes.py and schedules.py).
+
+The model is loaded with the package's generation API (``kdiff_ztsnr.loaders.load_pipeline``) and sampled the
+way ``kdiff_ztsnr.generate.generate`` samples it — per-sample seeded noise (``generate.sample_noise``) and
+per-sample ancestral/SDE noise (``generate.sampler_kwargs``), the prompt and '' encoded by the pipeline,
+``CFGDenoiser(model, scale, cond_key=None)``, x = n at ∞ and x = σ₀·n otherwise — but with any schedule and
+any table clamp (generate only knows the 20000 clamp), and with the prompts of one CFG scale batched together.
+``check_against_generate`` checks that this path reproduces ``generate`` bit for bit. Each prompt is encoded
+once, alone, and reused (generate encodes prompt and uc in one batch: ~5e-7 round-off on the pooled vector).
+
+Sample i of every prompt, regime and schedule uses seed + i: the same noise everywhere.
+
+Metrics, on per-sample mean colour in [0, 1] (images decoded, (x + 1)/2, averaged over pixels):
+the reference for a prompt is the training data's images with exactly that caption (``completely black``:
+brightness 0, ``completely white``: 1) and for '' all training images — rendered from the training config's
+synthetic-dataset spec (``synthetic.synthetic_caption`` + ``render``, the same pixels the trainer saw).
+bias = mean brightness − reference mean; spread = std of per-sample brightness; W1 = exact 1-D Wasserstein-1
+of per-sample brightness to the reference images' brightness (for a one-colour prompt, the mean |error|);
+W1 colour = the mean over R, G, B of the per-channel W1. For '' the W1 a perfect sampler scores with the
+same n (samples drawn from the data itself) is printed as the noise floor.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+import common  # noqa: E402  (benchmarks/ is on sys.path: imported from regimes.py / schedules.py)
+
+from kdiff_ztsnr import generate as gen  # noqa: E402
+from kdiff_ztsnr.guidance import CFGDenoiser  # noqa: E402
+from kdiff_ztsnr.sampling import SAMPLERS  # noqa: E402
+from kdiff_ztsnr.synthetic import render, synthetic_caption  # noqa: E402
+
+SOLID = ('completely black', 'completely white')
+
+
+@dataclass(frozen=True)
+class Task:
+    prompt: str       # '' = unconditional
+    scale: float      # CFG scale (1: no guidance, one forward)
+    n: int            # samples (seeds seed … seed + n − 1)
+
+    @property
+    def label(self) -> str:
+        return f'"{self.prompt}" scale {self.scale:g}' if self.prompt else f'unconditional "" scale {self.scale:g}'
+
+
+def default_tasks(n: int, n_uncond: int, scales: Sequence[float] = (5., 1.)) -> list[Task]:
+    return [Task(p, float(s), n) for s in scales for p in SOLID] + [Task('', 1., n_uncond)]
+
+
+def training_colours(syn: dict) -> tuple[list[str], torch.Tensor]:
+    """Captions and per-image mean colour [N, 3] in [0, 1] of the synthetic training set described by syn."""
+    n, sizes = int(syn.get('n', 64)), syn.get('sizes') or [[32, 32]]
+    seed, solid = int(syn.get('seed', 0)), float(syn.get('solid_fraction', 0.25))
+    caps, cols = [], []
+    for i in range(n):
+        scene = synthetic_caption(i, seed, solid)
+        im = np.asarray(render(scene, tuple(sizes[i % len(sizes)])), dtype=np.float64) / 255.
+        caps.append(', '.join(scene['tags']))
+        cols.append(im.reshape(-1, 3).mean(0))
+    return caps, torch.tensor(np.stack(cols))
+
+
+class TrainedSubject:
+    def __init__(self, spec: str, max_batch: int = 64):
+        from kdiff_ztsnr.loaders import load_pipeline
+        self.spec, self.max_batch = str(spec), max_batch
+        self.pipe = load_pipeline(spec)
+        self.config = json.loads(self.pipe.info.get('config', '{}'))
+        syn = self.config.get('dataset', {}).get('synthetic')
+        if not syn:
+            raise ValueError(f'{spec}: not trained on kdiff_ztsnr.synthetic; the data metrics need its spec')
+        self.syn = syn
+        self.width, self.height = (syn.get('sizes') or [[32, 32]])[0]
+        self.captions, self.data = training_colours(syn)
+        self.name = 'embedded' if self.spec == 'embedded' else Path(self.spec).name
+        self.params = sum(p.numel() for p in self.pipe.inner_model.parameters())
+        self._models, self._enc = {}, {}
+
+    def describe(self) -> str:
+        s = self.syn
+        return (f'{self.spec} ({self.params / 1e6:.2f}M params, {self.pipe.channels}×{self.height}×{self.width} '
+                f'pixels; trained on synthetic n={s.get("n")}, seed {s.get("seed", 0)}, solid_fraction '
+                f'{s.get("solid_fraction", 0.25)})')
+
+    def denoiser(self, clamp: Optional[float] = None):
+        if clamp not in self._models:
+            self._models[clamp] = self.pipe.denoiser(sigma_max=clamp)
+        return self._models[clamp]
+
+    def reference(self, prompt: str) -> torch.Tensor:
+        """Mean colours [K, 3] of the training images with exactly this caption ('' : all of them)."""
+        if not prompt:
+            return self.data
+        rows = [i for i, c in enumerate(self.captions) if c == prompt]
+        if not rows:
+            raise ValueError(f'no training image has the caption {prompt!r}')
+        return self.data[rows]
+
+    def encode(self, prompts: list) -> dict:
+        for p in set(prompts) - set(self._enc):
+            self._enc[p] = self.pipe.encode_prompts([p])
+        keys = self._enc[prompts[0]].keys()
+        return {k: torch.cat([self._enc[p][k] for p in prompts]) for k in keys}
+
+    @torch.no_grad()
+    def sample(self, sigmas: torch.Tensor, tasks: Sequence[Task], sampler: str, seed: int = 0,
+               clamp: Optional[float] = None, eta: Optional[float] = None) -> dict:
+        """{task: per-sample mean colour [n, 3]}. All prompts of one CFG scale are batched together, in chunks
+        whose network batch (2× under CFG) is at most max_batch (64 is the fastest per sample on CPU here);
+        per-sample seeds make the result independent of the chunking."""
+        model = self.denoiser(clamp)
+        out = {}
+        for scale in dict.fromkeys(t.scale for t in tasks):
+            group = [t for t in tasks if t.scale == scale]
+            prompts = [t.prompt for t in group for _ in range(t.n)]
+            seeds = [seed + i for t in group for i in range(t.n)]
+            per = max(1, self.max_batch // (1 if scale == 1 else 2))     # network batch ≤ max_batch
+            colours = torch.cat([self.run(model, sigmas, prompts[i:i + per], seeds[i:i + per], scale, sampler, eta)
+                                 for i in range(0, len(prompts), per)])
+            for t, c in zip(group, colours.split([t.n for t in group])):
+                out[t] = c
+        return out
+
+    def run(self, model, sigmas, prompts, seeds, scale, sampler, eta=None, images=False, conds=None):
+        pipe, b = self.pipe, len(prompts)
+        shape = (pipe.channels, self.height // pipe.factor, self.width // pipe.factor)
+        gens, noise = gen.sample_noise(seeds, shape)
+        cond, uncond = conds or (self.encode(prompts), self.encode([''] * b))
+        if pipe.size_cond is not None:
+            extra = pipe.size_cond(self.width, self.height, b)
+            cond, uncond = {**cond, **extra}, {**uncond, **extra}
+        x = noise if math.isinf(sigmas[0]) else noise * sigmas[0]
+        p = gen.GenerationParams(sampler=sampler, eta=eta)
+        x = SAMPLERS[sampler](CFGDenoiser(model, scale, cond_key=None), x, sigmas,
+                              extra_args={'cond': cond, 'uncond': uncond}, disable=True,
+                              **gen.sampler_kwargs(p, x, sigmas, gens, seeds))
+        img = pipe.decode(x).clamp(-1, 1)
+        return img if images else ((img.double() + 1) / 2).mean((2, 3))
+
+    def measure(self, task: Task, colours: torch.Tensor) -> dict:
+        ref = self.reference(task.prompt)
+        b, rb = colours.mean(1), ref.mean(1)
+        return {'mean': b.mean().item(), 'bias': (b.mean() - rb.mean()).item(), 'spread': b.std().item(),
+                'data_spread': rb.std().item() if len(rb) > 1 else 0.,
+                'w1': common.w1(b, rb), 'w1_colour': sum(common.w1(colours[:, c], ref[:, c]) for c in range(3)) / 3,
+                'mean_colour': colours.mean(0).tolist()}
+
+    def w1_floor(self, n: int, prompt: str = '', draws: int = 300, seed: int = 0) -> dict:
+        """E[W1] of n per-sample colours drawn from the reference itself: a perfect sampler's score."""
+        ref = self.reference(prompt)
+        g = torch.Generator().manual_seed(seed)
+        w, wc = [], []
+        for _ in range(draws):
+            c = ref[torch.randint(len(ref), (n,), generator=g)]
+            w.append(common.w1(c.mean(1), ref.mean(1)))
+            wc.append(sum(common.w1(c[:, k], ref[:, k]) for k in range(3)) / 3)
+        return {'w1': float(np.mean(w)), 'w1_colour': float(np.mean(wc))}
+
+    def check_against_generate(self, steps: int = 3, n: int = 2, sampler: str = 'euler_ancestral') -> float:
+        """Max |difference| between this path and kdiff_ztsnr.generate.generate (exact ∞ and clamp 20000), given
+        generate's conditioning (it encodes prompt and uc in one batch; `encode` encodes each prompt once, alone,
+        which differs by float round-off, ~5e-7 on the pooled vector)."""
+        worst = 0.
+        for ztsnr, clamp in (('exact', None), ('clamp', 20000.)):
+            p = gen.GenerationParams(prompt='completely black', steps=steps, scale=5., seed=3, n_samples=n,
+                                     width=self.width, height=self.height, sampler=sampler, noise_schedule='native',
+                                     ztsnr=ztsnr)
+            ref = gen.generate(self.pipe, p)
+            model = self.denoiser(clamp)
+            conds = gen.split_cond(self.pipe.encode_prompts([p.prompt] * n + [p.uc] * n), n)
+            mine = self.run(model, gen.make_sigmas(model, 'native', steps), [p.prompt] * n, [3 + i for i in range(n)],
+                            5., sampler, images=True, conds=conds)
+            worst = max(worst, (ref - mine).abs().max().item())
+        return worst
+
+
+def metric_table(rows: list, key_cols: list, tasks: Sequence[Task], records: dict, floors: dict) -> str:
+    """One table per task: key columns, then bias / spread / W1 / W1 colour."""
+    parts = []
+    for t in tasks:
+        cols = key_cols + ['mean brightness', 'bias', 'spread (std)', 'W1 brightness', 'W1 colour']
+        body = []
+        for keys in rows:
+            m = records[(tuple(keys), t)]
+            body.append(list(keys) + [m['mean'], m['bias'], m['spread'], m['w1'], m['w1_colour']])
+        note = ''
+        if t in floors:
+            f = floors[t]
+            note = (f' (data: brightness std {f["data_spread"]:.3f}; a perfect sampler with n={t.n} scores '
+                    f'W1 {f["w1"]:.4f}, W1 colour {f["w1_colour"]:.4f})')
+        parts.append(f'**{t.label}**, n={t.n}{note}\n\n' + common.md_table(cols, body))
+    return '\n\n'.join(parts)
