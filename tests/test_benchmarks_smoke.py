@@ -63,24 +63,10 @@ def test_performance_calls_and_guidance():
 
 @pytest.fixture(scope='module')
 def tiny_checkpoint(tmp_path_factory):
-    """A trainer checkpoint after 2 steps (as tests/test_cli.py's): plumbing only, its samples are noise. Its
-    12-image synthetic set (seed 0, solid_fraction 0.5) holds a 'completely black' and a 'completely white'."""
-    from accelerate.state import AcceleratorState, GradientState
-    from kdiff_ztsnr import training
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    out = tmp_path_factory.mktemp('bench_ckpt')
-    config = {'model': {'type': 'image_v1', 'input_channels': 3, 'mapping_out': 16, 'depths': [1, 1],
-                        'channels': [8, 16], 'self_attn_depths': [False, True], 'sigma_data': 0.5},
-              'dataset': {'type': 'synthetic', 'location': str(out / 'data'),
-                          'buckets': {'max_area': 256, 'max_side': 32, 'min_side': 16, 'step': 16, 'extra': [[16, 16]]},
-                          'synthetic': {'n': 12, 'sizes': [[16, 16]], 'seed': 0, 'solid_fraction': 0.5}},
-              'text': {'encoders': [{'hidden_size': 16, 'intermediate_size': 32, 'num_hidden_layers': 1,
-                                     'num_attention_heads': 2, 'projection_dim': 8}]},
-              'training': {'steps': 2, 'batch_size': 4, 'out_dir': str(out), 'cpu': True, 'checkpoint_every': 1000,
-                           'log_every': 1000, 'threads': 1}}
-    training.Trainer(config).run()
-    return out
+    """A trainer checkpoint after 2 steps: plumbing only, its samples are noise. Its 12-image synthetic set
+    (seed 0, solid_fraction 0.5) holds a 'completely black' and a 'completely white'."""
+    from conftest import train_tiny_checkpoint
+    return train_tiny_checkpoint(tmp_path_factory.mktemp('bench_ckpt'), n=12, solid_fraction=0.5)
 
 
 @pytest.mark.filterwarnings('ignore:Should have tb')

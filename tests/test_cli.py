@@ -9,31 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from kdiff_ztsnr import cli, training
+from kdiff_ztsnr import cli
 from kdiff_ztsnr.generate import GenerationParams, generate, make_sigmas
 from kdiff_ztsnr.loaders import load_pipeline
 from kdiff_ztsnr.metadata import read_metadata
-
-MODEL = {'type': 'image_v1', 'input_channels': 3, 'mapping_out': 16, 'depths': [1, 1], 'channels': [8, 16],
-         'self_attn_depths': [False, True], 'sigma_data': 0.5}
+from conftest import train_tiny_checkpoint
 
 
 @pytest.fixture(scope='module')
 def ckpt(tmp_path_factory):
-    from accelerate.state import AcceleratorState, GradientState
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    out = tmp_path_factory.mktemp('ckpt')
-    config = {'model': MODEL,
-              'dataset': {'type': 'synthetic', 'location': str(out / 'data'),
-                          'buckets': {'max_area': 256, 'max_side': 32, 'min_side': 16, 'step': 16, 'extra': [[16, 16]]},
-                          'synthetic': {'n': 8, 'sizes': [[16, 16]], 'seed': 0}},
-              'text': {'encoders': [{'hidden_size': 16, 'intermediate_size': 32, 'num_hidden_layers': 1,
-                                     'num_attention_heads': 2, 'projection_dim': 8}]},
-              'training': {'steps': 2, 'batch_size': 4, 'out_dir': str(out), 'cpu': True, 'checkpoint_every': 1000,
-                           'log_every': 1000, 'threads': 1}}
-    training.Trainer(config).run()
-    return out
+    return train_tiny_checkpoint(tmp_path_factory.mktemp('ckpt'))
 
 
 def run(args):
