@@ -18,6 +18,7 @@ import sys
 import warnings
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .generate import REGIMES, SCHEDULES, GenerationParams, enhance_size, generate, upscale
@@ -87,7 +88,7 @@ def load_init(path: str, width: int, height: int) -> torch.Tensor:
             im = im.convert('RGB').resize((width, height), Image.BICUBIC)
     except (OSError, UnidentifiedImageError) as e:
         raise SystemExit(f'error: cannot read image {path}: {e}')
-    return torch.from_numpy(__import__('numpy').asarray(im).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
 def save_images(images: torch.Tensor, p: GenerationParams, out: str, alpha: bool) -> list:
