@@ -14,7 +14,6 @@ from typing import Union
 
 import torch
 
-from . import schedules
 from .pipeline import Pipeline
 
 EMBEDDED = Path(__file__).parent / 'assets' / 'embedded'
@@ -47,12 +46,13 @@ def load_pipeline(spec: Union[str, os.PathLike] = 'embedded', device='cpu') -> P
 
 def trained_pipeline(path: Path, device='cpu', name: str = 'model') -> Pipeline:
     """A pixel-space model written by kdiff_ztsnr.training (its EMA weights and frozen text encoders)."""
+    from .models import alphas_cumprod_for
     from .training import load_trained
     model, text, config = load_trained(path, ema=True, device=device)
     if text is not None:
         text.chunk_kwargs['truncate'] = True        # generation warns and shows what an overlong prompt loses
     mc = config['model']
-    ac = schedules.ztsnr_alphas_cumprod() if mc.get('zero_terminal_snr', True) else schedules.sdxl_alphas_cumprod()
+    ac = alphas_cumprod_for(mc)
     sizes = config['dataset'].get('synthetic', {}).get('sizes') or [[32, 32]]
     encode = (lambda prompts: {k: v.to(device) for k, v in text(prompts).items()}) if text is not None else \
         (lambda prompts: {})

@@ -102,11 +102,17 @@ def build_model(config: dict) -> nn.Module:
     return MODEL_TYPES[model_config['type']](model_config)
 
 
+def alphas_cumprod_for(model_config: dict):
+    """The ᾱ table of a ``model`` section: SDXL's, rescaled to zero terminal SNR unless zero_terminal_snr is false."""
+    return schedules.ztsnr_alphas_cumprod() if model_config.get('zero_terminal_snr', True) \
+        else schedules.sdxl_alphas_cumprod()
+
+
 def build_denoiser(config: dict, inner_model: Optional[nn.Module] = None) -> DiscreteVDenoiser:
     """DiscreteVDenoiser around build_model(config) on SDXL's ᾱ, rescaled to zero terminal SNR unless
     ``model.zero_terminal_snr`` is false (report §2.2); ``model.sigma_max`` clamps it (report A.2)."""
     mc = config['model']
-    ac = schedules.ztsnr_alphas_cumprod() if mc.get('zero_terminal_snr', True) else schedules.sdxl_alphas_cumprod()
+    ac = alphas_cumprod_for(mc)
     inner_model = build_model(config) if inner_model is None else inner_model
     sigma_max = mc.get('sigma_max')
     return DiscreteVDenoiser(inner_model, ac, sigma_max=None if sigma_max is None else float(sigma_max),
