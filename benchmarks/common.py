@@ -68,6 +68,16 @@ def out_dir(path: Optional[str]) -> Path:
     return d
 
 
+def save_figure(fig, path, title: Optional[str] = None) -> None:
+    """Title, tight layout, write the PNG and free the figure (every benchmark's plot ends so)."""
+    import matplotlib.pyplot as plt
+    if title is not None:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_outputs(out: Path, name: str, table: str, payload: dict, script: Optional[str] = None) -> None:
     """results/NAME.md (the printed table, with the machine) and results/NAME.json (raw numbers)."""
     header = f'<!-- written by benchmarks/{script or name}.py; {time.strftime("%Y-%m-%d %H:%M")}; {machine_line()} -->\n'

@@ -354,9 +354,7 @@ def plot(payload, path):
         axes[1].axhline(1.05, color='r', ls='--', lw=0.8)
         axes[1].set_ylabel('Trainer step / bare loop')
         axes[1].set_title('trainer overhead', fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 if __name__ == '__main__':

@@ -310,10 +310,7 @@ def plot(records, th, regimes, samplers, prompts, path):
             ax.set_title(f'"{p}"', fontsize=9)
             ax.set_ylabel('mean-brightness bias' if key == 'bias' else 'mode TV to uniform')
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle('Start-σ regimes (x-axis: σ₀), exact oracle; bias = sample mean − data mean', fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, 'Start-σ regimes (x-axis: σ₀), exact oracle; bias = sample mean − data mean')
 
 
 def main(argv=None):
@@ -467,10 +464,7 @@ def plot_trained(raw, regimes, samplers, tasks, floors, path, model_name):
         ax.set_xticks(xs, labels, rotation=60, fontsize=7)
         ax.set_xlabel('start σ₀')
         ax.legend(fontsize=6)
-    fig.suptitle(f'Start-σ regimes, trained model ({model_name})', fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, f'Start-σ regimes, trained model ({model_name})')
 
 
 if __name__ == '__main__':

@@ -169,10 +169,7 @@ def plot(curves, canvases, regimes, sampler, results, path):
         ax.set_ylabel(lab)
         ax.axvspan(136, 317, color='grey', alpha=0.15, label='report A.2: 136–317 @ 104×152')
     axes[0].legend(fontsize=7)
-    fig.suptitle(f'Sufficient start σ vs canvas ({sampler}, exact oracle)', fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, f'Sufficient start σ vs canvas ({sampler}, exact oracle)')
 
 
 if __name__ == '__main__':

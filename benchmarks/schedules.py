@@ -173,9 +173,7 @@ def plot(rows, specs, nfes, samplers, path):
             if metric == 'rmse':
                 ax.set_yscale('log')
     axes[0, 0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def main(argv=None):
@@ -337,10 +335,7 @@ def plot_trained(raw, specs, nfes, samplers, tasks, floors, path, model_name):
         ax.set_xlabel('NFE')
     axes[0, 0].set_ylabel('W1 to the training data')
     axes[0, 0].legend(fontsize=6)
-    fig.suptitle(f'Schedules from ∞, trained model ({model_name})', fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, f'Schedules from ∞, trained model ({model_name})')
 
 
 if __name__ == '__main__':
