@@ -1,8 +1,7 @@
 """Shared pieces of the benchmarks: machine info, output paths, metrics and exact closed-form models.
 
-The oracle models here are the exact optimal denoisers of known distributions (a finite set of images, or
-a Gaussian mixture around them), wrapped as timestep-conditioned v networks so that they go through
-DiscreteVDenoiser and the samplers exactly as a trained network would.
+The exact models are the package's oracles (`kdiff_ztsnr.oracle`: optimal denoisers of a finite set of
+images, or a Gaussian mixture around them, wrapped as v networks inside DiscreteVDenoiser).
 
 Exact dimension reduction (``ReducedSpace``). For data y_k ∈ R^d and x = y + σ·n, the posterior over k
 depends on x only through |x − y_k|² = |P x − y_k|² + |x_⊥|², P the projection onto span{y_k}; the last term
@@ -21,7 +20,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -29,13 +27,10 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from kdiff_ztsnr.oracle import exact_model, mixture_denoiser
 
-from kdiff_ztsnr import DiscreteVDenoiser, schedules, v_scalings  # noqa: E402
 
 warnings.filterwarnings('ignore', message='Should have tb<=t1')  # torchsde float32 round-off in k-diffusion
 
@@ -123,69 +118,6 @@ def interleaved(fns: dict, repeats: int, inner: int = 1) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- exact models
-
-def mixture_denoiser(mu: Tensor, x: Tensor, sigma: Tensor, s: float = 0.) -> Tensor:
-    """E[y | y + σn = x] for y ~ (1/K) Σ_k N(μ_k, s²I); s = 0 is oracle.optimal_denoiser (same numbers, a
-    matmul instead of cdist: −|x − μ_k|²/2v = (x·μ_k − |μ_k|²/2)/v − |x|²/2v, the last term cancels in the
-    softmax). σ = ∞ → the mean of μ."""
-    m = mu.flatten(1).double()
-    xf, sg = x.flatten(1).double(), sigma.double().view(-1, 1)
-    var = sg ** 2 + s ** 2
-    logits = (xf @ m.T - 0.5 * (m * m).sum(1)) / var
-    logits = torch.where(sg.isinf(), torch.zeros_like(logits), logits)
-    d = logits.softmax(1) @ m
-    if s:
-        shrink = torch.where(sg.isinf(), torch.zeros_like(sg), s ** 2 / var)   # Σ(Σ + σ²I)⁻¹ for Σ = s²I
-        d = d + shrink * (xf - d)
-    return d.view_as(x).to(x.dtype)
-
-
-class DenoiserVNetwork(nn.Module):
-    """Any exact denoiser D(x, σ, cond) re-expressed as the v network F(c_in·x, t) a wrapper expects.
-
-    The inverse of eq. 1 with the wrapper's own t → σ map, σ = ∞ bypass included (as oracle.OracleVNetwork).
-    cond: LongTensor [B] selecting a data subset per item (a "prompt"), or None.
-    """
-
-    def __init__(self, denoise: Callable, t_to_sigma: Callable, sigma_data: float = 1.):
-        super().__init__()
-        self.denoise, self.t_to_sigma, self.sigma_data = denoise, t_to_sigma, sigma_data
-        self.calls = 0
-
-    def forward(self, x_in: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        self.calls += 1
-        sigma = self.t_to_sigma(t).float().expand(x_in.shape[0])
-        c_skip, c_out, c_in = [c.view(-1, *[1] * (x_in.ndim - 1)).double() for c in v_scalings(sigma, self.sigma_data)]
-        x = x_in.double() / c_in
-        d = self.denoise(x, sigma, cond)
-        x = torch.where(c_skip == 0, torch.zeros_like(x), x)
-        return ((d - c_skip * x) / c_out).to(x_in.dtype)
-
-
-class ConditionalMixture:
-    """Exact conditional denoiser: prompt p selects the rows subsets[p] of the component means mu."""
-
-    def __init__(self, mu: Tensor, subsets: Sequence[Sequence[int]], s: float = 0.):
-        self.mu, self.s = mu.double(), s
-        self.subsets = [torch.as_tensor(list(i), dtype=torch.long) for i in subsets]
-
-    def __call__(self, x: Tensor, sigma: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        if cond is None:
-            return mixture_denoiser(self.mu, x, sigma, self.s)
-        out = torch.empty_like(x)
-        for p in cond.unique().tolist():
-            b = cond == p
-            out[b] = mixture_denoiser(self.mu[self.subsets[p]], x[b], sigma[b], self.s)
-        return out
-
-
-def exact_model(denoise: Callable, sigma_max: Optional[float] = None, ac: Optional[Tensor] = None) -> DiscreteVDenoiser:
-    """DiscreteVDenoiser on the ZTSNR table (sigma_max: clamp its top, report A.2) around an exact v network."""
-    ac = schedules.ztsnr_alphas_cumprod() if ac is None else ac
-    model = DiscreteVDenoiser(nn.Identity(), ac, sigma_max=sigma_max)
-    model.inner_model = DenoiserVNetwork(denoise, model.t_to_sigma)
-    return model
-
 
 @dataclass
 class ReducedSpace:

@@ -1,6 +1,6 @@
 """Costs of the package against baselines measured in the same process (ratios; runs interleaved, medians).
 
-    python benchmarks/performance.py [--smoke] [--threads 1]
+    python -m benchmarks.performance [--smoke] [--threads 1]
 
 1. Wrapper overhead per call: DiscreteVDenoiser vs k-diffusion's external.DiscreteVDDPMDenoiser around a
    null network (returns its input), so the wrapper is all that is timed (target ≤ 1.05×).
@@ -14,7 +14,6 @@
 import argparse
 import math
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,14 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import md_table  # noqa: E402
+from benchmarks import common
+from kdiff_ztsnr import oracle
+from benchmarks.common import md_table
 
-from k_diffusion import external  # noqa: E402
-from k_diffusion import sampling as K  # noqa: E402
+from k_diffusion import external
+from k_diffusion import sampling as K
 
-from kdiff_ztsnr import CFGDenoiser, DiscreteVDenoiser, sampling, schedules  # noqa: E402
+from kdiff_ztsnr import CFGDenoiser, DiscreteVDenoiser, sampling, schedules
 
 
 class Null(nn.Module):
@@ -149,7 +148,7 @@ def profile_wrapper(sizes=((1, 4, 32, 32), (2, 4, 104, 152)), repeats=61, inner=
 
 def calls_per_sampler(steps):
     images = torch.linspace(-1, 1, 8).view(8, 1) * torch.ones(8, 8)
-    model = common.exact_model(lambda x, s, c: common.mixture_denoiser(images, x, s))
+    model = oracle.exact_model(lambda x, s, c: oracle.mixture_denoiser(images, x, s))
     sigmas = model.get_sigmas(steps)
     rows = []
     for name, fn in sampling.SAMPLERS.items():

@@ -1,6 +1,6 @@
 """σ_max regimes, same model, same seeds: SDXL's 14.6146 up to ∞ (report §2.2, Figure 2; appendix A.2).
 
-    python benchmarks/regimes.py [--smoke] [--samples 1024] [--steps 28] [--latent 104 152] [--schedule truncate]
+    python -m benchmarks.regimes [--smoke] [--samples 1024] [--steps 28] [--latent 104 152] [--schedule truncate]
 
 Subject (default ``--model oracle``): the exact optimal denoiser of a conditional dataset of 4-channel
 latents (classes black, white, mid-grey, mixed; "prompts" select class subsets), wrapped as a v network on
@@ -35,7 +35,6 @@ clamps use the clamped table's native schedule; ∞ the exact one. Writes regime
 
 import argparse
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,12 +42,12 @@ from typing import Optional, Protocol, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import INF, fmt_sigma, md_table  # noqa: E402
+from benchmarks import common
+from kdiff_ztsnr import oracle
+from benchmarks.common import INF, fmt_sigma, md_table
 
-from kdiff_ztsnr import sampling, schedules  # noqa: E402
-from kdiff_ztsnr.oracle import COMFY_SIGMA_MAX, DIFFUSERS_SIGMA_MAX, SDXL_SIGMA_MAX, ZTSNR_CLAMP  # noqa: E402
+from kdiff_ztsnr import sampling, schedules
+from kdiff_ztsnr.schedules import COMFY_SIGMA_MAX, DIFFUSERS_SIGMA_MAX, SDXL_SIGMA_MAX, ZTSNR_CLAMP
 
 
 @dataclass(frozen=True)
@@ -159,14 +158,14 @@ class OracleSubject:
         }
         self.focus = {'completely black': 'black', 'completely white': 'white', 'mostly dark': 'black'}
         self.prompts = list(self.subsets)
-        self.mixture = common.ConditionalMixture(self.space.coords, list(self.subsets.values()), s)
+        self.mixture = oracle.ConditionalMixture(self.space.coords, list(self.subsets.values()), s)
         self.s = s
         self.data_brightness = self.space.brightness(self.space.coords)
         self._models = {}
 
     def denoiser(self, clamp):
         if clamp not in self._models:
-            self._models[clamp] = common.exact_model(self.mixture, sigma_max=clamp)
+            self._models[clamp] = oracle.exact_model(self.mixture, sigma_max=clamp)
         return self._models[clamp]
 
     def noise(self, n, seed):
@@ -393,7 +392,7 @@ def model_sigmas(subject, regime: Regime, steps: int, mode: str) -> torch.Tensor
 
 
 def main_trained(a):
-    import trained
+    from benchmarks import trained
     regimes = list(REGIMES)
     samplers = a.samplers or ['euler_ancestral']
     mode = a.schedule or 'retime'

@@ -1,6 +1,6 @@
 """Sufficient starting σ vs canvas size (report §2.3 rule of thumb; appendix A.2's 136–317 at 832×1216).
 
-    python benchmarks/resolution.py [--smoke] [--samples 2048] [--sides 32 64 128] [--tol-w1 0.01 --tol-tv 0.02]
+    python -m benchmarks.resolution [--smoke] [--samples 2048] [--sides 32 64 128] [--tol-w1 0.01 --tol-tv 0.02]
 
 For 4-channel latents of side 32, 64, 128 (and the report's 104×152), the exact oracle of a k=16 image
 dataset (oracle.brightness_dataset: levels in [−1, 1] plus i.i.d. texture) is sampled from every σ₀ of the
@@ -19,19 +19,19 @@ step from σ₀ to 56.18 the discretisation, not the start σ, dominates at d �
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import INF, fmt_sigma, md_table  # noqa: E402
-from regimes import Regime, regime_sigmas  # noqa: E402
+from benchmarks import common
+from kdiff_ztsnr import oracle
+from benchmarks.common import INF, fmt_sigma, md_table
+from benchmarks.regimes import Regime, regime_sigmas
 
-from kdiff_ztsnr import sampling  # noqa: E402
-from kdiff_ztsnr.oracle import SDXL_SIGMA_MAX, ZTSNR_CLAMP, brightness_dataset  # noqa: E402
+from kdiff_ztsnr import sampling
+from kdiff_ztsnr.oracle import brightness_dataset
+from kdiff_ztsnr.schedules import SDXL_SIGMA_MAX, ZTSNR_CLAMP
 
 REPORT_CANVAS = (104, 152)   # 832×1216 px at the VAE's factor 8
 
@@ -52,7 +52,7 @@ def sweep(hw, regimes, samplers, steps, n, texture, mode, seed=0):
     res = {}
     for r in regimes:
         if r.clamp not in models:
-            models[r.clamp] = common.exact_model(lambda x, s, c: common.mixture_denoiser(space.coords, x, s),
+            models[r.clamp] = oracle.exact_model(lambda x, s, c: oracle.mixture_denoiser(space.coords, x, s),
                                                  sigma_max=r.clamp)
         model = models[r.clamp]
         sigmas = regime_sigmas(r, model, steps, mode)

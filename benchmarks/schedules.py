@@ -1,6 +1,6 @@
 """Schedules from σ = ∞ at equal NFE: native vs karras / exponential / polyexponential (+ designed ones).
 
-    python benchmarks/schedules.py [--smoke] [--samples 1024] [--nfe 10 20 28 50] [--latent 104 152]
+    python -m benchmarks.schedules [--smoke] [--samples 1024] [--nfe 10 20 28 50] [--latent 104 152]
 
 Two exact subjects on the report's canvas (4×104×152 latents, k=16 images of oracle.brightness_dataset):
 the finite-dataset oracle (s = 0: the posterior collapses onto one image at low σ, so only the high/mid-σ
@@ -27,18 +27,17 @@ the prompt (trained.py). Writes schedules_NAME.{md,json,png}.
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import md_table  # noqa: E402
+from benchmarks import common
+from kdiff_ztsnr import oracle
+from benchmarks.common import md_table
 
-from kdiff_ztsnr import sampling, schedules  # noqa: E402
-from kdiff_ztsnr.oracle import brightness_dataset  # noqa: E402
+from kdiff_ztsnr import sampling, schedules
+from kdiff_ztsnr.oracle import brightness_dataset
 
 SIGMA_MIN = 0.029167      # the table's smallest sigma (SDXL and ZTSNR share it)
 
@@ -81,8 +80,8 @@ def reference_solve(denoise, noise, steps, top=1e6):
 
 def evaluate(subject_name, s, images, specs, nfes, samplers, n_samples, ref_steps, log, seed=0):
     space = common.ReducedSpace(images, extra=16 if s > 0 else 0)
-    mix = common.ConditionalMixture(space.coords, [list(range(space.k))], s)
-    model = common.exact_model(mix)
+    mix = oracle.ConditionalMixture(space.coords, [list(range(space.k))], s)
+    model = oracle.exact_model(mix)
     data_b = space.brightness(space.coords)
     uniform = torch.full((space.k,), 1. / space.k, dtype=torch.float64)
     noise = space.noise(n_samples, seed)
@@ -208,7 +207,7 @@ def main(argv=None):
     out = common.out_dir(a.out)
     t0 = time.perf_counter()
     images = brightness_dataset(k=16, shape=(4, *a.latent))
-    sigma_top = float(common.exact_model(lambda x, s, c: x).sigma_max_finite)
+    sigma_top = float(oracle.exact_model(lambda x, s, c: x).sigma_max_finite)
     specs = schedule_specs(sigma_top)
     print(f'schedules: k=16, latent 4×{a.latent[0]}×{a.latent[1]}, {a.samples} samples, NFE {a.nfe}, '
           f'σ_max for karras/exp = {sigma_top:.6g}')
@@ -254,7 +253,7 @@ def model_specs(names, sigma_top):
 
 
 def main_trained(a):
-    import trained
+    from benchmarks import trained
     samplers = a.samplers or ['euler_ancestral']
     names = a.schedules or MODEL_SCHEDULES
     n = a.samples or 32

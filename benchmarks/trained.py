@@ -29,12 +29,12 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-import common  # noqa: E402  (benchmarks/ is on sys.path: imported from regimes.py / schedules.py)
+from benchmarks import common
 
-from kdiff_ztsnr import generate as gen  # noqa: E402
-from kdiff_ztsnr.guidance import CFGDenoiser  # noqa: E402
-from kdiff_ztsnr.sampling import SAMPLERS  # noqa: E402
-from kdiff_ztsnr.synthetic import render, synthetic_caption  # noqa: E402
+from kdiff_ztsnr import generate as gen
+from kdiff_ztsnr.guidance import CFGDenoiser
+from kdiff_ztsnr.sampling import SAMPLERS
+from kdiff_ztsnr.synthetic import render, synthetic_caption
 
 SOLID = ('completely black', 'completely white')
 

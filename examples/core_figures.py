@@ -27,17 +27,11 @@ class HalfNet(torch.nn.Module):
         return self.conv(x)
 
 
-def oracle_model(data, **kwargs):
-    model = kz.DiscreteVDenoiser(torch.nn.Identity(), kz.schedules.ztsnr_alphas_cumprod(), **kwargs)
-    model.inner_model = oracle.OracleVNetwork(data, model.t_to_sigma)
-    return model
-
-
 def main():
     sdxl = kz.schedules.sigmas_from_alphas_cumprod(kz.schedules.sdxl_alphas_cumprod())
     z = kz.schedules.sigmas_from_alphas_cumprod(kz.schedules.ztsnr_alphas_cumprod())
     data = oracle.brightness_dataset(k=16, shape=(4, 16, 16))
-    exact, clamped = oracle_model(data), oracle_model(data, sigma_max=20000.)
+    exact, clamped = oracle.exact_model(data), oracle.exact_model(data, sigma_max=kz.schedules.ZTSNR_CLAMP)
     native = exact.get_sigmas(28)
     print(f'SDXL σ_min {sdxl[0]:.6f}  σ_max {sdxl[-1]:.4f}  ZTSNR σ[998] {z[-2]:.2f}  σ[999] {z[-1]}')
     print(f'native-28: σ₀ {native[0]}  σ₁ {native[1]:.2f}  σ₂ {native[2]:.2f}  σ₂₇ {native[-2]:.4f}  '
@@ -67,10 +61,10 @@ def main():
               f'calls={exact.inner_model.calls}')
 
     big = oracle.brightness_dataset(k=16, shape=(4, 32, 32))
-    model = oracle_model(big)
+    model = oracle.exact_model(big)
     noise = torch.randn(64, *big.shape[1:], generator=torch.Generator().manual_seed(0))
     sig = model.get_sigmas(28)
-    finite = torch.cat([torch.tensor([oracle.SDXL_SIGMA_MAX]), sig[sig < oracle.SDXL_SIGMA_MAX]])
+    finite = torch.cat([torch.tensor([kz.schedules.SDXL_SIGMA_MAX]), sig[sig < kz.schedules.SDXL_SIGMA_MAX]])
     torch.manual_seed(0)
     b_inf = oracle.mean_brightness(sampling.sample_euler_ancestral(model, noise, sig, disable=True))
     torch.manual_seed(0)

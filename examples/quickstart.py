@@ -20,7 +20,7 @@ from kdiff_ztsnr import oracle, sampling
 
 def regimes(model: kz.DiscreteVDenoiser, clamped: kz.DiscreteVDenoiser, steps: int) -> dict:
     native = model.get_sigmas(steps)
-    sdxl = torch.cat([torch.tensor([oracle.SDXL_SIGMA_MAX]), native[native < oracle.SDXL_SIGMA_MAX]])
+    sdxl = torch.cat([torch.tensor([kz.schedules.SDXL_SIGMA_MAX]), native[native < kz.schedules.SDXL_SIGMA_MAX]])
     return {'exact ∞': (model, native), 'clamp 20000': (clamped, clamped.get_sigmas(steps)),
             'σ_max 14.6146 (SDXL)': (model, sdxl)}
 
@@ -34,11 +34,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     data = oracle.brightness_dataset(k=16, shape=(4, 32, 32))
-    ac = kz.schedules.ztsnr_alphas_cumprod()
-    model = kz.DiscreteVDenoiser(torch.nn.Identity(), ac)
-    model.inner_model = oracle.OracleVNetwork(data, model.t_to_sigma)
-    clamped = kz.DiscreteVDenoiser(torch.nn.Identity(), ac, sigma_max=oracle.ZTSNR_CLAMP)
-    clamped.inner_model = oracle.OracleVNetwork(data, clamped.t_to_sigma)
+    model = oracle.exact_model(data)                                           # DiscreteVDenoiser, exact at ∞
+    clamped = oracle.exact_model(data, sigma_max=kz.schedules.ZTSNR_CLAMP)     # report A.2
 
     target = oracle.mean_brightness(data)
     q = (torch.arange(args.samples) + 0.5) / args.samples

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from .generate import GenerationParams, generate
-from .oracle import SDXL_SIGMA_MAX
+from .schedules import SDXL_SIGMA_MAX, ZTSNR_CLAMP
 
 PROMPTS = ('completely black', 'completely white', 'white background', 'red circle, blue background', '')
 REGIME_PARAMS = {

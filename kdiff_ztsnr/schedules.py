@@ -12,6 +12,10 @@ from torch import Tensor
 SDXL_BETA_START = 0.00085
 SDXL_BETA_END = 0.012
 NUM_TIMESTEPS = 1000
+SDXL_SIGMA_MAX = 14.614641229333639    # σ[999] of SDXL's ordinary table (§2.3: meant for a 1024² canvas)
+ZTSNR_CLAMP = 20000.                   # the report's clamped top σ (appendix A.2)
+COMFY_SIGMA_MAX = math.sqrt((1 - 4.8973451890853435e-08) / 4.8973451890853435e-08)   # ComfyUI/A1111: 4518.76
+DIFFUSERS_SIGMA_MAX = math.sqrt((1 - 2 ** -24) / 2 ** -24)   # diffusers' rescale_betas_zero_snr clamp: 4096
 
 
 def scaled_linear_betas(n: int = NUM_TIMESTEPS, beta_start: float = SDXL_BETA_START,

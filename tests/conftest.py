@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from kdiff_ztsnr import DiscreteVDenoiser, schedules
-from kdiff_ztsnr.oracle import OracleVNetwork, brightness_dataset
+from kdiff_ztsnr import schedules
+from kdiff_ztsnr.oracle import brightness_dataset, exact_model
 
 
 @pytest.fixture(scope='session')
@@ -17,21 +17,14 @@ def data():
     return brightness_dataset(k=16, shape=(4, 16, 16))
 
 
-def oracle_model(data, ac, **kwargs):
-    """DiscreteVDenoiser around the exact v network of `data` (see kdiff_ztsnr.oracle)."""
-    model = DiscreteVDenoiser(torch.nn.Identity(), ac, **kwargs)
-    model.inner_model = OracleVNetwork(data, model.t_to_sigma)
-    return model
-
-
 @pytest.fixture
 def exact(data, ztsnr_ac):
-    return oracle_model(data, ztsnr_ac)
+    return exact_model(data, ztsnr_ac)
 
 
 @pytest.fixture
 def clamped(data, ztsnr_ac):
-    return oracle_model(data, ztsnr_ac, sigma_max=20000.)
+    return exact_model(data, ztsnr_ac, sigma_max=schedules.ZTSNR_CLAMP)
 
 
 INF = math.inf

@@ -1,22 +1,14 @@
 """Smoke runs of every benchmark (``python benchmarks/NAME.py --smoke``), in-process: each completes and
 writes its table (NAME.md, NAME.json) and plot (NAME.png) — into a temporary folder, not benchmarks/results."""
 
-import importlib.util
+import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / 'benchmarks'
-
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(f'bench_{name}', BENCH / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(BENCH))
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f'benchmarks.{name}')
 
 
 @pytest.mark.filterwarnings('ignore:Should have tb')      # torchsde round-off inside k-diffusion's Brownian tree
@@ -36,20 +28,33 @@ def test_regimes_reduced_coordinates_are_exact():
     """The benchmarks' reduced-coordinate oracle reproduces the full-dimensional run (common.ReducedSpace)."""
     common = load('common')
     from kdiff_ztsnr import sampling
-    from kdiff_ztsnr.oracle import brightness_dataset
+    from kdiff_ztsnr.oracle import brightness_dataset, exact_model
     images = brightness_dataset(8, (4, 8, 8))
-    sigmas = common.exact_model(lambda x, s, c: x).get_sigmas(6)
+    sigmas = exact_model(lambda x, s, c: x).get_sigmas(6)
     assert common.verify_reduction(images, sampling.sample_dpmpp_2m, sigmas) < 1e-5
 
 
-def test_mixture_denoiser_is_the_package_oracle():
+def test_mixture_denoiser_is_the_posterior_mean():
+    """oracle.mixture_denoiser (softmax of x·μ − |μ|²/2 over σ² + s²) against the posterior written out term by
+    term: Gaussian likelihoods N(x; μ_k, (σ² + s²)I), weights normalised, E[y | x, k] = μ_k + s²/(σ² + s²)(x − μ_k)."""
+    import math
     import torch
-    common = load('common')
-    from kdiff_ztsnr.oracle import brightness_dataset, optimal_denoiser
-    data = brightness_dataset(8, (4, 8, 8))
-    x = torch.randn(6, 4, 8, 8) * 3
-    sigma = torch.tensor([0.05, 0.5, 3., 50., 4096., float('inf')])
-    assert torch.allclose(common.mixture_denoiser(data, x, sigma), optimal_denoiser(data, x, sigma), atol=1e-5)
+    from kdiff_ztsnr.oracle import brightness_dataset, mixture_denoiser
+    data = brightness_dataset(8, (2, 3, 3)).double()
+    x = torch.randn(6, 2, 3, 3, dtype=torch.float64) * 3
+    sigma = torch.tensor([0.3, 0.5, 3., 50., 4096., math.inf], dtype=torch.float64)
+    for s in (0., 0.4):
+        for b in range(6):
+            v = sigma[b] ** 2 + s ** 2
+            if math.isinf(sigma[b]):
+                want = data.mean(0)
+            else:
+                logp = torch.stack([-((x[b] - mu) ** 2).sum() / (2 * v) for mu in data])
+                w = (logp - logp.max()).exp()
+                w = w / w.sum()
+                want = sum(wk * (mu + s ** 2 / v * (x[b] - mu)) for wk, mu in zip(w, data))
+            got = mixture_denoiser(data, x[b:b + 1], sigma[b:b + 1], s)[0]
+            assert torch.allclose(got, want, atol=1e-9), (s, b)
 
 
 @pytest.mark.filterwarnings('ignore:Should have tb')

@@ -7,8 +7,8 @@ import torch
 from k_diffusion import sampling as K
 
 from kdiff_ztsnr import sampling as S
-from kdiff_ztsnr.oracle import SDXL_SIGMA_MAX, mean_brightness
-from conftest import oracle_model
+from kdiff_ztsnr.oracle import exact_model, mean_brightness
+from kdiff_ztsnr.schedules import SDXL_SIGMA_MAX
 
 INF = math.inf
 SCHEDULE_SAMPLERS = [n for n in S.SAMPLERS if n not in ('dpm_fast', 'dpm_adaptive')]
@@ -142,7 +142,7 @@ def test_figure_2_brightness_spread(data, ztsnr_ac):
     # Sampling from ∞ reproduces the data's spread of per-image mean brightness; pure noise at SDXL's
     # σ_max = 14.6146 pulls every sample toward medium brightness (report §2.2, Figure 2).
     data = torch.nn.functional.interpolate(data, size=(32, 32))    # 4096 dims: strong mean leakage at 14.6
-    model = oracle_model(data, ztsnr_ac)
+    model = exact_model(data, ztsnr_ac)
     torch.manual_seed(0)
     n = torch.randn(64, *data.shape[1:])
     sigmas = model.get_sigmas(28)
