@@ -193,7 +193,7 @@ def guided_forwards(steps, batch=3):
 
 def epoch_planning(n, repeats, batch_size=16):
     try:
-        from kdiff_ztsnr import buckets
+        from kdiff_ztsnr.training.data import buckets
     except ImportError:
         return 'TODO: kdiff_ztsnr.buckets not present yet', None
     rng = np.random.default_rng(0)

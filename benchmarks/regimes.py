@@ -37,7 +37,6 @@ import argparse
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional, Protocol, Sequence
 
 import torch
@@ -382,7 +381,7 @@ def main(argv=None):
 
 def model_sigmas(subject, regime: Regime, steps: int, mode: str) -> torch.Tensor:
     """What generate() uses for the regime (retime), or the oracle benchmark's truncate / karras variants."""
-    from kdiff_ztsnr.generate import make_sigmas
+    from kdiff_ztsnr.generation.generate import make_sigmas
     model = subject.denoiser(regime.clamp)
     if mode != 'retime':
         return regime_sigmas(regime, model, steps, mode)
@@ -403,12 +402,11 @@ def main_trained(a):
     out = common.out_dir(a.out)
     t0 = time.perf_counter()
     subject = trained.TrainedSubject(a.model)
-    check = subject.check_against_generate()
     tasks = trained.default_tasks(n, n_u, a.scales)
     floors = {t: {**subject.w1_floor(t.n, t.prompt), 'data_spread': subject.reference(t.prompt).mean(1).std().item()}
               for t in tasks if not t.prompt}
     print(f'regimes: {subject.describe()}; {n} samples per solid prompt, {n_u} for \'\', {a.steps} steps, '
-          f'schedule={mode}, samplers {samplers}; same path as generate(): max |diff| {check:.1e}')
+          f'schedule={mode}, samplers {samplers}')
     records, rows, raw = {}, [], []
     for regime in regimes:
         sigmas = model_sigmas(subject, regime, a.steps, mode)
@@ -428,7 +426,7 @@ def main_trained(a):
     print(table)
     name = f'regimes_{subject.name}'
     plot_trained(raw, regimes, samplers, tasks, floors, out / f'{name}.png', subject.name)
-    payload = {'args': vars(a), 'model': subject.describe(), 'generate_check': check, 'records': raw,
+    payload = {'args': vars(a), 'model': subject.describe(), 'records': raw,
                'floors': [{'prompt': t.prompt, 'n': t.n, **f} for t, f in floors.items()],
                'seconds': time.perf_counter() - t0}
     common.write_outputs(out, name, table, payload, script='regimes')

@@ -20,7 +20,6 @@ step from σ₀ to 56.18 the discretisation, not the start σ, dominates at d �
 import argparse
 import math
 import time
-from pathlib import Path
 
 import torch
 

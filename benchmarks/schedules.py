@@ -28,7 +28,6 @@ the prompt (trained.py). Writes schedules_NAME.{md,json,png}.
 import argparse
 import math
 import time
-from pathlib import Path
 
 import torch
 
@@ -238,7 +237,7 @@ MODEL_SCHEDULES = ['native', 'karras ρ=7', 'exponential', 'polyexp ρ=2']
 
 def model_specs(names, sigma_top):
     """name -> f(model, n); the package's make_sigmas where it has the schedule, schedule_specs otherwise."""
-    from kdiff_ztsnr.generate import make_sigmas
+    from kdiff_ztsnr.generation.generate import make_sigmas
     specs = schedule_specs(sigma_top)
     pkg = {'native': 'native', 'karras ρ=7': 'karras', 'exponential': 'exponential'}
     out = {}

@@ -1,12 +1,8 @@
 """A trained model as a benchmark subject (``--model PATH|embedded`` in regimes.py and schedules.py).
 
-The model is loaded with the package's generation API (``kdiff_ztsnr.loaders.load_pipeline``) and sampled the
-way ``kdiff_ztsnr.generate.generate`` samples it — per-sample seeded noise (``generate.sample_noise``) and
-per-sample ancestral/SDE noise (``generate.sampler_kwargs``), the prompt and '' encoded by the pipeline,
-``CFGDenoiser(model, scale, cond_key=None)``, x = n at ∞ and x = σ₀·n otherwise — but with any schedule and
-any table clamp (generate only knows the 20000 clamp), and with the prompts of one CFG scale batched together.
-``check_against_generate`` checks that this path reproduces ``generate`` bit for bit. Each prompt is encoded
-once, alone, and reused (generate encodes prompt and uc in one batch: ~5e-7 round-off on the pooled vector).
+The model is loaded with ``kdiff_ztsnr.generation.load_pipeline`` and sampled with
+``kdiff_ztsnr.generation.generate`` itself (its ``sigmas=`` and ``clamp=`` arguments take the benchmark's
+schedules and table clamps), so the benchmark measures exactly what users run.
 
 Sample i of every prompt, regime and schedule uses seed + i: the same noise everywhere.
 
@@ -21,7 +17,6 @@ same n (samples drawn from the data itself) is printed as the noise floor.
 """
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -31,10 +26,9 @@ import torch
 
 from benchmarks import common
 
-from kdiff_ztsnr import generate as gen
-from kdiff_ztsnr.guidance import CFGDenoiser
-from kdiff_ztsnr.sampling import SAMPLERS
-from kdiff_ztsnr.synthetic import render, synthetic_caption
+from kdiff_ztsnr.generation import generate as gen
+from kdiff_ztsnr.generation.params import GenerationParams
+from kdiff_ztsnr.training.data.synthetic import render, synthetic_caption
 
 SOLID = ('completely black', 'completely white')
 
@@ -68,20 +62,20 @@ def training_colours(syn: dict) -> tuple[list[str], torch.Tensor]:
 
 
 class TrainedSubject:
-    def __init__(self, spec: str, max_batch: int = 64):
-        from kdiff_ztsnr.loaders import load_pipeline
-        self.spec, self.max_batch = str(spec), max_batch
+    def __init__(self, spec: str):
+        from kdiff_ztsnr.generation.loading import load_pipeline
+        self.spec = str(spec)
         self.pipe = load_pipeline(spec)
         self.config = json.loads(self.pipe.info.get('config', '{}'))
         syn = self.config.get('dataset', {}).get('synthetic')
         if not syn:
-            raise ValueError(f'{spec}: not trained on kdiff_ztsnr.synthetic; the data metrics need its spec')
+            raise ValueError(f'{spec}: not trained on kdiff_ztsnr.training.data.synthetic; the data metrics need its spec')
         self.syn = syn
         self.width, self.height = (syn.get('sizes') or [[32, 32]])[0]
         self.captions, self.data = training_colours(syn)
         self.name = 'embedded' if self.spec == 'embedded' else Path(self.spec).name
         self.params = sum(p.numel() for p in self.pipe.inner_model.parameters())
-        self._models, self._enc = {}, {}
+        self._models = {}
 
     def describe(self) -> str:
         s = self.syn
@@ -103,46 +97,22 @@ class TrainedSubject:
             raise ValueError(f'no training image has the caption {prompt!r}')
         return self.data[rows]
 
-    def encode(self, prompts: list) -> dict:
-        for p in set(prompts) - set(self._enc):
-            self._enc[p] = self.pipe.encode_prompts([p])
-        keys = self._enc[prompts[0]].keys()
-        return {k: torch.cat([self._enc[p][k] for p in prompts]) for k in keys}
-
     @torch.no_grad()
     def sample(self, sigmas: torch.Tensor, tasks: Sequence[Task], sampler: str, seed: int = 0,
                clamp: Optional[float] = None, eta: Optional[float] = None) -> dict:
-        """{task: per-sample mean colour [n, 3]}. All prompts of one CFG scale are batched together, in chunks
-        whose network batch (2× under CFG) is at most max_batch (64 is the fastest per sample on CPU here);
-        per-sample seeds make the result independent of the chunking."""
-        model = self.denoiser(clamp)
+        """{task: per-sample mean colour [n, 3]}: one `generate` call per task, sample i seeded with seed + i
+        (the same noise for every task, regime and schedule)."""
         out = {}
-        for scale in dict.fromkeys(t.scale for t in tasks):
-            group = [t for t in tasks if t.scale == scale]
-            prompts = [t.prompt for t in group for _ in range(t.n)]
-            seeds = [seed + i for t in group for i in range(t.n)]
-            per = max(1, self.max_batch // (1 if scale == 1 else 2))     # network batch ≤ max_batch
-            colours = torch.cat([self.run(model, sigmas, prompts[i:i + per], seeds[i:i + per], scale, sampler, eta)
-                                 for i in range(0, len(prompts), per)])
-            for t, c in zip(group, colours.split([t.n for t in group])):
-                out[t] = c
+        for t in tasks:
+            img = self.run(sigmas, t.prompt, t.n, seed, t.scale, sampler, clamp, eta)
+            out[t] = ((img.double() + 1) / 2).mean((2, 3))
         return out
 
-    def run(self, model, sigmas, prompts, seeds, scale, sampler, eta=None, images=False, conds=None):
-        pipe, b = self.pipe, len(prompts)
-        shape = (pipe.channels, self.height // pipe.factor, self.width // pipe.factor)
-        gens, noise = gen.sample_noise(seeds, shape)
-        cond, uncond = conds or (self.encode(prompts), self.encode([''] * b))
-        if pipe.size_cond is not None:
-            extra = pipe.size_cond(self.width, self.height, b)
-            cond, uncond = {**cond, **extra}, {**uncond, **extra}
-        x = noise if math.isinf(sigmas[0]) else noise * sigmas[0]
-        p = gen.GenerationParams(sampler=sampler, eta=eta)
-        x = SAMPLERS[sampler](CFGDenoiser(model, scale, cond_key=None), x, sigmas,
-                              extra_args={'cond': cond, 'uncond': uncond}, disable=True,
-                              **gen.sampler_kwargs(p, x, sigmas, gens, seeds))
-        img = pipe.decode(x).clamp(-1, 1)
-        return img if images else ((img.double() + 1) / 2).mean((2, 3))
+    def run(self, sigmas, prompt, n, seed, scale, sampler, clamp=None, eta=None):
+        """Per-sample images of `generate` (seed + i for sample i) with this schedule and table clamp."""
+        p = GenerationParams(prompt=prompt, scale=scale, n_samples=n, seed=seed, width=self.width,
+                             height=self.height, sampler=sampler, eta=eta, steps=len(sigmas) - 1)
+        return gen.generate(self.pipe, p, sigmas=sigmas, clamp=clamp)
 
     def measure(self, task: Task, colours: torch.Tensor) -> dict:
         ref = self.reference(task.prompt)
@@ -162,23 +132,6 @@ class TrainedSubject:
             w.append(common.w1(c.mean(1), ref.mean(1)))
             wc.append(sum(common.w1(c[:, k], ref[:, k]) for k in range(3)) / 3)
         return {'w1': float(np.mean(w)), 'w1_colour': float(np.mean(wc))}
-
-    def check_against_generate(self, steps: int = 3, n: int = 2, sampler: str = 'euler_ancestral') -> float:
-        """Max |difference| between this path and kdiff_ztsnr.generate.generate (exact ∞ and clamp 20000), given
-        generate's conditioning (it encodes prompt and uc in one batch; `encode` encodes each prompt once, alone,
-        which differs by float round-off, ~5e-7 on the pooled vector)."""
-        worst = 0.
-        for ztsnr, clamp in (('exact', None), ('clamp', 20000.)):
-            p = gen.GenerationParams(prompt='completely black', steps=steps, scale=5., seed=3, n_samples=n,
-                                     width=self.width, height=self.height, sampler=sampler, noise_schedule='native',
-                                     ztsnr=ztsnr)
-            ref = gen.generate(self.pipe, p)
-            model = self.denoiser(clamp)
-            conds = gen.split_cond(self.pipe.encode_prompts([p.prompt] * n + [p.uc] * n), n)
-            mine = self.run(model, gen.make_sigmas(model, 'native', steps), [p.prompt] * n, [3 + i for i in range(n)],
-                            5., sampler, images=True, conds=conds)
-            worst = max(worst, (ref - mine).abs().max().item())
-        return worst
 
 
 def metric_table(rows: list, key_cols: list, tasks: Sequence[Task], records: dict, floors: dict) -> str:

@@ -9,66 +9,65 @@
     kdiff-ztsnr tokenize "a prompt, {emphasis}, (weight:1.2)"
     kdiff-ztsnr demo                                                       # the regime grid (report Fig. 2)
     kdiff-ztsnr train --config examples/train_tiny.json
+
+The parser imports nothing heavy (`--help` does not import torch); each command imports what it needs. A user
+error (bad value, missing or unreadable file, checkpoint that does not fit) is printed as one ``error: …`` line
+with exit status 2.
 """
 
 import argparse
 import json
-import os
 import sys
-import warnings
 from typing import Optional
 
-import numpy as np
-import torch
+from .generation.params import REGIMES, SAMPLER_NAMES, SCHEDULES, GenerationParams
 
-from .generate import REGIMES, SCHEDULES, GenerationParams, enhance_size, generate, upscale
-from .sampling import SAMPLERS
-
-SCHEDULE_SAMPLERS = sorted(n for n in SAMPLERS if n not in ('dpm_fast', 'dpm_adaptive'))
+Formatter = argparse.ArgumentDefaultsHelpFormatter
 
 
 def add_sample_args(p: argparse.ArgumentParser) -> None:
     d = GenerationParams()
     p.add_argument('prompt', nargs='?', default=None)
-    p.add_argument('--uc', '--negative', dest='uc', default=None, help='negative prompt')
+    p.add_argument('--uc', '--negative', dest='uc', default=None, help='negative prompt (default: "")')
     p.add_argument('--model', default=None, help="'embedded' (default), a trainer checkpoint, or an SDXL "
                                                  "folder / single-file .safetensors")
-    p.add_argument('--steps', type=int, default=None, help=f'default {d.steps}')
-    p.add_argument('--scale', type=float, default=None, help=f'CFG scale, default {d.scale}')
-    p.add_argument('--cfg-rescale', type=float, default=None, help='CFG rescale φ in [0, 1], default 0')
-    p.add_argument('--sampler', choices=SCHEDULE_SAMPLERS, default=None, help=f'default {d.sampler}')
+    p.add_argument('--steps', type=int, default=None, help=f'model calls (default: {d.steps})')
+    p.add_argument('--scale', type=float, default=None, help=f'CFG scale (default: {d.scale})')
+    p.add_argument('--cfg-rescale', type=float, default=None, help='CFG rescale φ in [0, 1] (default: 0)')
+    p.add_argument('--sampler', choices=SAMPLER_NAMES, default=None, help=f'(default: {d.sampler})')
     p.add_argument('--schedule', dest='noise_schedule', choices=SCHEDULES, default=None,
-                   help='noise schedule; recommended = the package default (see benchmarks/README.md)')
-    p.add_argument('--ztsnr', choices=REGIMES, default=None, help='exact: from σ=∞ (default); clamp: from 20000 '
-                                                                 '(report A.2); sigma_max: from --sigma-max')
+                   help=f'noise schedule; recommended = the package default, see benchmarks/README.md '
+                        f'(default: {d.noise_schedule})')
+    p.add_argument('--ztsnr', choices=REGIMES, default=None, help='exact: from σ=∞; clamp: from 20000 (report A.2); '
+                                                                 f'sigma_max: from --sigma-max (default: {d.ztsnr})')
     p.add_argument('--sigma-max', type=float, default=None, help='finite start σ (implies --ztsnr sigma_max)')
     p.add_argument('--no-resolution-aware', dest='resolution_aware', action='store_false', default=None,
                    help='do not scale --sigma-max ×2 per ×2 canvas side (report §2.3)')
-    p.add_argument('--eta', type=float, default=None)
-    p.add_argument('--seed', type=int, default=None)
-    p.add_argument('-n', '--n-samples', type=int, default=None)
-    p.add_argument('--width', type=int, default=None)
-    p.add_argument('--height', type=int, default=None)
-    p.add_argument('--init-image', default=None)
-    p.add_argument('--strength', type=float, default=None, help='img2img strength, default 0.7 with an init image')
+    p.add_argument('--eta', type=float, default=None, help="ancestral/SDE η (default: the sampler's)")
+    p.add_argument('--seed', type=int, default=None, help=f'sample i uses seed + i (default: {d.seed})')
+    p.add_argument('-n', '--n-samples', type=int, default=None, help=f'(default: {d.n_samples})')
+    p.add_argument('--width', type=int, default=None, help="(default: the model's canvas)")
+    p.add_argument('--height', type=int, default=None, help='(default: the width)')
+    p.add_argument('--init-image', default=None, help='img2img from this image')
+    p.add_argument('--strength', type=float, default=None,
+                   help='img2img strength (default: 0.7 with an init image, 0.5 with --enhance)')
     p.add_argument('--enhance', action='store_true', help='upscale the init image ×1.5, then img2img at 0.5')
     p.add_argument('--mask', default=None, help='inpainting mask image (white = repaint)')
-    p.add_argument('--from-image', default=None, help='take every parameter from this PNG\'s metadata')
-    p.add_argument('--out', default='out', help='output folder')
+    p.add_argument('--from-image', default=None, help="take every parameter from this PNG's metadata")
+    p.add_argument('--out', default='out', help='output folder (default: out)')
     p.add_argument('--alpha-metadata', action='store_true', help='also embed the parameters in the alpha channel')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
 
 
-def params_from_args(args: argparse.Namespace, pipe) -> GenerationParams:
+def params_from_args(args: argparse.Namespace, base_side: int) -> GenerationParams:
     """Metadata of --from-image (if any), overridden by every option given on the command line."""
-    from .metadata import read_metadata
+    from .generation.metadata import read_metadata
     base = read_metadata(args.from_image) if args.from_image else {}
-    base.setdefault('width', pipe.base_side)                    # image pixels
+    base.setdefault('width', base_side)                          # image pixels
     base.setdefault('height', base['width'])
     given = {k: getattr(args, k) for k in ('prompt', 'uc', 'steps', 'scale', 'sampler', 'noise_schedule', 'ztsnr',
                                            'sigma_max', 'resolution_aware', 'eta', 'seed', 'n_samples', 'width',
-                                           'height', 'strength')}
-    given['cfg_rescale'] = args.cfg_rescale
+                                           'height', 'strength', 'cfg_rescale')}
     given = {k: v for k, v in given.items() if v is not None}
     if 'sigma_max' in given and 'ztsnr' not in given:
         given['ztsnr'] = 'sigma_max'
@@ -76,51 +75,31 @@ def params_from_args(args: argparse.Namespace, pipe) -> GenerationParams:
         given['strength'] = 0.5 if args.enhance else 0.7
     p = GenerationParams.from_dict({**base, **given, 'model': args.model or base.get('model', 'embedded')})
     if p.prompt is None:
-        raise SystemExit('error: give a prompt (or --from-image)')
+        raise ValueError('give a prompt (or --from-image)')
     return p
 
 
-def load_init(path: str, width: int, height: int) -> torch.Tensor:
-    """An init image or mask as a [1, 3, H, W] tensor in [−1, 1] at the canvas size; clear error if unreadable."""
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as im:
-            im = im.convert('RGB').resize((width, height), Image.BICUBIC)
-    except (OSError, UnidentifiedImageError) as e:
-        raise SystemExit(f'error: cannot read image {path}: {e}')
-    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-
-
-def save_images(images: torch.Tensor, p: GenerationParams, out: str, alpha: bool) -> list:
-    from PIL import Image
-    from .metadata import save_png
-    os.makedirs(out, exist_ok=True)
-    paths = []
-    for i, img in enumerate(images):
-        params = {**p.to_dict(), 'seed': p.seed + i, 'n_samples': 1}
-        arr = ((img.float().cpu() + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
-        path = os.path.join(out, f'{p.seed + i:08d}.png')
-        save_png(Image.fromarray(arr), path, params, alpha=alpha)
-        paths.append(path)
-    return paths
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .loaders import load_pipeline
-    pipe = load_pipeline(args.model or (read_model(args.from_image) if args.from_image else 'embedded'))
-    p = params_from_args(args, pipe)
+    import warnings
+    from .generation.generate import enhance_size, generate, upscale
+    from .generation.images import load_image, load_mask, save_images
+    from .generation.loading import load_pipeline
+    from .generation.metadata import read_metadata
+    if (args.mask or args.enhance) and not args.init_image:
+        raise ValueError('--mask and --enhance need --init-image')
+    pipe = load_pipeline(args.model or (read_metadata(args.from_image).get('model', 'embedded')
+                                        if args.from_image else 'embedded'))
+    p = params_from_args(args, pipe.base_side)
     init = mask = None
     if args.init_image:
         if args.enhance:
-            src = load_init(args.init_image, p.width, p.height)
+            src = load_image(args.init_image, p.width, p.height)
             p.width, p.height = enhance_size(p.width, p.height, pipe.size_multiple)
             init = upscale(src, p.width, p.height)
         else:
-            init = load_init(args.init_image, p.width, p.height)
+            init = load_image(args.init_image, p.width, p.height)
         if args.mask:
-            mask = (load_init(args.mask, p.width, p.height).mean(1, keepdim=True) > 0).float()
-    elif args.mask or args.enhance:
-        raise SystemExit('error: --mask and --enhance need --init-image')
+            mask = load_mask(args.mask, p.width, p.height)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         images = generate(pipe, p, init=init, mask=mask, progress=not args.quiet)
@@ -131,24 +110,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_model(path: str) -> str:
-    from .metadata import read_metadata
-    return read_metadata(path).get('model', 'embedded')
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .metadata import read_metadata
-    try:
-        print(json.dumps(read_metadata(args.image), indent=2, ensure_ascii=False))
-    except (OSError, ValueError) as e:
-        raise SystemExit(f'error: {e}')
+    from .generation.metadata import read_metadata
+    print(json.dumps(read_metadata(args.image), indent=2, ensure_ascii=False))
     return 0
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from . import text
-    tok = text.get_tokenizer()
-    chunks = text.tokenize_chunks(args.prompt, tok, max_chunks=args.max_chunks, truncate=True)
+    from .text import get_tokenizer, tokenize_chunks
+    tok = get_tokenizer()
+    chunks = tokenize_chunks(args.prompt, tok, max_chunks=args.max_chunks, truncate=True)
     for k in range(chunks.n_chunks):
         n = int(chunks.lengths[k])
         ids = chunks.ids[k, 1:1 + n].tolist()
@@ -162,41 +133,50 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .generation.demo import run_demo
     run_demo(out=args.out, model=args.model, samples=args.samples, steps=args.steps)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import train_main
-    return train_main(args.train_argv) or 0
+    from .training.cli import train_from_args
+    train_from_args(args)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .training.cli import DESCRIPTION, add_train_args
     parser = argparse.ArgumentParser(prog='kdiff-ztsnr', description='Exact zero-terminal-SNR sampling and '
                                      'training for v-prediction models on k-diffusion.')
     sub = parser.add_subparsers(dest='command', required=True)
     add_sample_args(sub.add_parser('sample', help='text-to-image, img2img, Enhance, inpainting'))
     p = sub.add_parser('inspect', help='print the generation parameters stored in a PNG')
     p.add_argument('image')
-    p = sub.add_parser('tokenize', help='show the CLIP tokens and 75-token chunk boundaries of a prompt')
+    p = sub.add_parser('tokenize', help='show the CLIP tokens and 75-token chunk boundaries of a prompt',
+                       formatter_class=Formatter)
     p.add_argument('prompt')
-    p.add_argument('--max-chunks', type=int, default=3)
-    p = sub.add_parser('demo', help='the σ_max regime grid and brightness table of the embedded model')
-    p.add_argument('--out', default='out/demo')
-    p.add_argument('--model', default='embedded')
-    p.add_argument('--samples', type=int, default=8)
-    p.add_argument('--steps', type=int, default=28)
-    p = sub.add_parser('train', help='train from a config (see examples/)', add_help=False)
-    p.add_argument('train_argv', nargs=argparse.REMAINDER)
+    p.add_argument('--max-chunks', type=int, default=3, help='chunks of 75 tokens')
+    p = sub.add_parser('demo', help='the σ_max regime grid and brightness table of the embedded model',
+                       formatter_class=Formatter)
+    p.add_argument('--out', default='out/demo', help='output folder')
+    p.add_argument('--model', default='embedded', help='model to sample')
+    p.add_argument('--samples', type=int, default=8, help='seeds per row')
+    p.add_argument('--steps', type=int, default=28, help='model calls per image')
+    add_train_args(sub.add_parser('train', help='train from a config (see examples/)', description=DESCRIPTION))
     return parser
+
+
+COMMANDS = {'sample': cmd_sample, 'inspect': cmd_inspect, 'tokenize': cmd_tokenize, 'demo': cmd_demo,
+            'train': cmd_train}
 
 
 def main(argv: Optional[list] = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {'sample': cmd_sample, 'inspect': cmd_inspect, 'tokenize': cmd_tokenize, 'demo': cmd_demo,
-                'train': cmd_train}
-    return commands[args.command](args)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, OSError) as e:       # user errors (CheckpointError is a ValueError): one line
+        print(f'error: {e}', file=sys.stderr)
+        return 2
 
 
 if __name__ == '__main__':

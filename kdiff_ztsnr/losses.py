@@ -1,4 +1,4 @@
-"""Training losses for v-prediction on the zero-terminal-SNR schedule (report §2.2, §4.3; DESIGN.md 7).
+"""Training losses for v-prediction on the zero-terminal-SNR schedule (report §2.2, §4.3).
 
 MinSNR-γ (Hang et al. 2303.09556) in its v form: the x₀-space weight min(SNR, γ) becomes
 

@@ -1,4 +1,4 @@
-"""Noise-schedule tables and sigma schedules for Zero Terminal SNR (report §2.2-2.3, DESIGN.md 1-2).
+"""Noise-schedule tables and sigma schedules for Zero Terminal SNR (report §2.2-2.3).
 
 Pure functions. Tables are computed in float64; a zero-terminal-SNR table ends in σ = ∞. Schedule
 builders return k-diffusion's layout: a descending 1-D tensor of sigmas with 0 appended.

@@ -1,7 +1,6 @@
 import math
 
 import pytest
-import torch
 
 from kdiff_ztsnr import schedules
 from kdiff_ztsnr.oracle import brightness_dataset, exact_model

@@ -88,7 +88,6 @@ def test_benchmark_smoke_trained_model(name, tiny_checkpoint, tmp_path, capsys):
     assert {r['prompt'] for r in recs} == {'completely black', 'completely white', ''}
     assert all(0 <= r['mean'] <= 1 and r['w1'] >= 0 for r in recs)
     if name == 'regimes':
-        assert payload['generate_check'] == 0            # the benchmark samples exactly as generate() does
         assert sorted({round(r['sigma0'], 2) for r in recs}) == [14.61, 20000., float('inf')]
 
 

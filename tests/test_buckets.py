@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from kdiff_ztsnr.buckets import BucketKey, BucketSampler, assign_buckets, make_buckets, plan_epoch
+from kdiff_ztsnr.training.data.buckets import BucketKey, BucketSampler, assign_buckets, make_buckets, plan_epoch
 
 DEFAULT_BUCKETS = [  # sorted by w/h
     (256, 1024), (320, 1024), (384, 1024), (384, 960), (384, 896), (448, 832), (512, 768), (512, 704),

@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from kdiff_ztsnr import cli
-from kdiff_ztsnr.generate import GenerationParams, generate, make_sigmas
-from kdiff_ztsnr.loaders import load_pipeline
-from kdiff_ztsnr.metadata import read_metadata
+from kdiff_ztsnr.generation.generate import generate, make_sigmas
+from kdiff_ztsnr.generation.params import GenerationParams
+from kdiff_ztsnr.generation.loading import load_pipeline
+from kdiff_ztsnr.generation.metadata import read_metadata
 from conftest import train_tiny_checkpoint
 
 
@@ -70,7 +71,7 @@ def test_schedules_per_regime(ckpt):
 
 
 def test_resolution_aware_sigma_max(ckpt):
-    from kdiff_ztsnr.generate import start_sigma
+    from kdiff_ztsnr.generation.generate import start_sigma
     pipe = load_pipeline(ckpt)
     p = GenerationParams(prompt='x', ztsnr='sigma_max', sigma_max=14.6, width=2 * pipe.base_side,
                          height=2 * pipe.base_side)
@@ -114,7 +115,7 @@ def test_alpha_metadata(ckpt, tmp_path):
          '--out', tmp_path, '--quiet'])
     im = Image.open(tmp_path / '00000000.png')
     assert im.mode == 'RGBA'
-    from kdiff_ztsnr.metadata import read_alpha
+    from kdiff_ztsnr.generation.metadata import read_alpha
     assert read_alpha(im)['prompt'] == 'x'
 
 
@@ -125,18 +126,26 @@ def test_tokenize(capsys):
     assert 'chunk 1: 75 tokens (positions 1-75)' in out and 'chunk 2:' in out and '×1.05' in out
 
 
+def expect_error(args, match, capsys):
+    """A user error: exit status 2 and exactly one line on stderr, 'error: …', no traceback."""
+    capsys.readouterr()
+    assert cli.main([str(a) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1 and 'Traceback' not in err, err
+    assert match in err, err
+
+
 def test_errors(ckpt, tmp_path, capsys):
     base = ['sample', 'x', '--model', str(ckpt), '--steps', '2', '--out', str(tmp_path), '--quiet']
-    with pytest.raises(ValueError, match='multiples of'):
-        cli.main(base + ['--width', '15', '--height', '16'])
-    with pytest.raises(SystemExit):
+    expect_error(base + ['--width', '15', '--height', '16'], 'multiples of', capsys)
+    with pytest.raises(SystemExit):                                   # argparse's own choices check
         cli.main(base + ['--sampler', 'nope'])
-    with pytest.raises(FileNotFoundError, match='model not found'):
-        cli.main(['sample', 'x', '--model', str(tmp_path / 'missing')])
+    expect_error(['sample', 'x', '--model', tmp_path / 'missing'], 'model not found', capsys)
     bad = tmp_path / 'bad.png'
     bad.write_bytes(b'not a png')
-    with pytest.raises(SystemExit, match='cannot read image'):
-        cli.main(base + ['--init-image', str(bad), '--width', '16', '--height', '16'])
+    expect_error(base + ['--init-image', bad, '--width', '16', '--height', '16'], 'cannot read image', capsys)
+    expect_error(['inspect', bad], 'bad.png', capsys)
+    expect_error(base + ['--mask', bad], '--mask and --enhance need --init-image', capsys)
     capsys.readouterr()
     cli.main(['sample', ' '.join(['cat'] * 300), '--model', str(ckpt), '--steps', '1', '--width', '16',
               '--height', '16', '--out', str(tmp_path), '--quiet'])
@@ -149,3 +158,36 @@ def test_demo_grid_and_table(ckpt, tmp_path, capsys):
     assert 'completely black' in out and 'clamp 20000' in out and 'sigma_max 14.6146' in out
     grid = Image.open(tmp_path / 'regimes.png')
     assert grid.size[1] == 15 * (16 + 2)                              # 5 prompts x 3 regimes
+
+
+def test_sampler_names_are_the_schedule_samplers():
+    """The CLI's torch-free sampler list is exactly the package's samplers that take a schedule."""
+    from kdiff_ztsnr.generation.params import SAMPLER_NAMES
+    from kdiff_ztsnr.sampling import SAMPLERS
+    assert list(SAMPLER_NAMES) == sorted(n for n in SAMPLERS if n not in ('dpm_fast', 'dpm_adaptive'))
+
+
+@pytest.mark.parametrize('args', [['--help'], ['sample', '--help'], ['train', '--help'], ['demo', '--help'],
+                                  ['inspect', '--help'], ['tokenize', '--help']])
+def test_help_imports_no_torch_and_warns_nothing(args):
+    """`--help` builds the parser without torch or k-diffusion and prints no warning (e.g. pkg_resources)."""
+    import subprocess
+    import sys
+    code = ('import sys; from kdiff_ztsnr.cli import main\n'
+            'try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n'
+            'heavy = [m for m in ("torch", "k_diffusion", "diffusers", "transformers") if m in sys.modules]\n'
+            'print("heavy:", heavy, file=sys.stderr)')
+    proc = subprocess.run([sys.executable, '-W', 'default', '-c', code, *args], capture_output=True, text=True,
+                          timeout=60)
+    assert 'usage: kdiff-ztsnr' in proc.stdout
+    assert proc.stderr.strip() == 'heavy: []', proc.stderr
+
+
+def test_commands_print_no_pkg_resources_warning(tmp_path):
+    """A command that imports k-diffusion (and so clip) prints no deprecation warning of the environment."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, '-W', 'default', '-m', 'kdiff_ztsnr.cli', 'tokenize', 'a cat'],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and 'chunk 1' in proc.stdout
+    assert 'pkg_resources' not in proc.stderr and 'Warning' not in proc.stderr, proc.stderr

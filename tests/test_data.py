@@ -6,11 +6,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from kdiff_ztsnr.buckets import BucketSampler, make_buckets
-from kdiff_ztsnr.data import (NAI_ANIME_SDXL_MEAN, NAI_ANIME_SDXL_STD, CacheError, ImageFolderDataset,
-                              LatentCacheDataset, Welford, cache_latents, collate_images, collate_latents,
-                              cover_crop_box, denormalize, image_size, load_for_bucket, normalize, parse_tags,
-                              read_stats, read_tags)
+from kdiff_ztsnr.training.data.buckets import BucketSampler, make_buckets
+from kdiff_ztsnr.models.sdxl.vae import NAI_ANIME_SDXL_MEAN, NAI_ANIME_SDXL_STD, denormalize, normalize
+from kdiff_ztsnr.training.data.images import (ImageFolderDataset, collate_images, cover_crop_box, image_size,
+                                              load_for_bucket, parse_tags, read_tags)
+from kdiff_ztsnr.training.data.latents import (CacheError, LatentCacheDataset, Welford, cache_latents,
+                                               collate_latents, read_stats)
 
 SMALL = make_buckets(max_area=64 * 96, max_side=128, min_side=32, step=16, extra=((64, 64),))
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdiff_ztsnr.generate import GenerationParams
-from kdiff_ztsnr.metadata import a1111_text, embed_alpha, parse_a1111, read_alpha, read_metadata, save_png
+from kdiff_ztsnr.generation.params import GenerationParams
+from kdiff_ztsnr.generation.metadata import a1111_text, embed_alpha, parse_a1111, read_alpha, read_metadata, save_png
 
 
 @pytest.fixture

@@ -12,31 +12,38 @@ pytest.importorskip('diffusers')
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from kdiff_ztsnr import sdxl  # noqa: E402
+from kdiff_ztsnr.models import sdxl  # noqa: E402
+from kdiff_ztsnr.models.sdxl import loading as sdxl_loading  # noqa: E402
+from kdiff_ztsnr.generation.generate import generate  # noqa: E402
+from kdiff_ztsnr.generation.loading import load_pipeline  # noqa: E402
+from kdiff_ztsnr.generation.params import GenerationParams  # noqa: E402
+from kdiff_ztsnr.generation.pipeline import Pipeline  # noqa: E402
+from kdiff_ztsnr.models import alphas_cumprod_for  # noqa: E402
 from kdiff_ztsnr.text import TextConditioner  # noqa: E402
 
 L_DIM, G_DIM, G_PROJ, TIME_DIM = 32, 48, 40, 8
 TINY = {
-    'unet': dict(sdxl.load_config(None, 'unet'), block_out_channels=[16, 32, 32], attention_head_dim=[1, 2, 2],
+    'unet': dict(sdxl.component_config(None, 'unet'), block_out_channels=[16, 32, 32], attention_head_dim=[1, 2, 2],
                  transformer_layers_per_block=[1, 1, 2], norm_num_groups=8, cross_attention_dim=L_DIM + G_DIM,
                  addition_time_embed_dim=TIME_DIM, projection_class_embeddings_input_dim=G_PROJ + 6 * TIME_DIM,
                  sample_size=8),
-    'vae': dict(sdxl.load_config(None, 'vae'), block_out_channels=[8, 8, 16, 16], layers_per_block=1,
+    'vae': dict(sdxl.component_config(None, 'vae'), block_out_channels=[8, 8, 16, 16], layers_per_block=1,
                 norm_num_groups=4, sample_size=64),
-    'text_encoder': dict(sdxl.load_config(None, 'text_encoder'), hidden_size=L_DIM, intermediate_size=37,
+    'text_encoder': dict(sdxl.component_config(None, 'text_encoder'), hidden_size=L_DIM, intermediate_size=37,
                          num_attention_heads=4, num_hidden_layers=3, projection_dim=L_DIM),
-    'text_encoder_2': dict(sdxl.load_config(None, 'text_encoder_2'), hidden_size=G_DIM, intermediate_size=64,
+    'text_encoder_2': dict(sdxl.component_config(None, 'text_encoder_2'), hidden_size=G_DIM, intermediate_size=64,
                            num_attention_heads=4, num_hidden_layers=3, projection_dim=G_PROJ),
 }
 TINY_KW = {f'{c}_config': TINY[c] for c in sdxl.COMPONENTS}
 
 
-def tiny_pipeline(zero_terminal_snr: bool = True) -> sdxl.SDXLPipeline:
+def tiny_pipeline(zero_terminal_snr: bool = True) -> Pipeline:
     torch.manual_seed(0)
     m = {c: sdxl.build_component(c, TINY[c]) for c in sdxl.COMPONENTS}
     text = TextConditioner([m['text_encoder'], m['text_encoder_2']], sdxl.sdxl_tokenizers())
     mean, std = sdxl.latent_stats_for(m['vae'])
-    return sdxl.SDXLPipeline(m['unet'], m['vae'], text, sdxl.alphas_cumprod_for(zero_terminal_snr), mean, std)
+    return sdxl.sdxl_pipeline(m['unet'], m['vae'], text, alphas_cumprod_for(zero_terminal_snr), mean, std,
+                              {'name': 'tiny'})
 
 
 @pytest.fixture(scope='module')
@@ -44,15 +51,16 @@ def saved(tmp_path_factory):
     """The original tiny pipeline, its single file and folder, and both loaded back."""
     root = tmp_path_factory.mktemp('sdxl')
     pipe = tiny_pipeline()
-    pipe.save_single_file(root / 'tiny.safetensors')
-    pipe.save_pretrained(root / 'tiny')
+    sdxl.save_single_file(pipe, root / 'tiny.safetensors')
+    sdxl.save_pretrained(pipe, root / 'tiny')
     return {'pipe': pipe, 'root': root, 'file': root / 'tiny.safetensors', 'folder': root / 'tiny',
             'from_file': sdxl.load_sdxl(root / 'tiny.safetensors', **TINY_KW),
             'from_folder': sdxl.load_sdxl(root / 'tiny')}
 
 
 def modules(pipe):
-    return [pipe.unet, pipe.vae, *pipe.text.encoders]
+    c = pipe.components
+    return [c['unet'], c['vae'], *c['text'].encoders]
 
 
 def cond(pipe, b=1, size=64):
@@ -65,7 +73,7 @@ def cond(pipe, b=1, size=64):
 
 def test_full_sdxl_key_map_matches_diffusers_converters():
     """Shipped configs: our diffusers → SGM names are the real SDXL ones and diffusers maps them back."""
-    cfgs = {c: sdxl.load_config(None, c) for c in sdxl.COMPONENTS}
+    cfgs = {c: sdxl.component_config(None, c) for c in sdxl.COMPONENTS}
     models = {c: sdxl.build_component(c, cfgs[c], empty=True) for c in sdxl.COMPONENTS}
     sd = {}
     for c in sdxl.COMPONENTS:
@@ -89,7 +97,7 @@ def test_full_sdxl_key_map_matches_diffusers_converters():
     back = sdxl.diffusers_state_dicts(sd, cfgs, models['text_encoder_2'])
     for c in sdxl.COMPONENTS:
         ref = {k: v.shape for k, v in models[c].state_dict().items() if not k.endswith('position_ids')}
-        got = sdxl._fit_keys(models[c], back[c])
+        got = sdxl_loading._fit_keys(models[c], back[c])
         assert {k: v.shape for k, v in got.items()} == ref, c
 
 
@@ -104,9 +112,9 @@ def test_loaded_weights_equal_originals(saved, source):
         assert sa.keys() == sb.keys()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert loaded.info['prediction_type'] == 'v' and loaded.info['zero_terminal_snr']
-    assert math.isinf(loaded.denoiser.sigmas[-1]) and loaded.alphas_cumprod[-1] == 0
-    assert loaded.text.tokenizers[1].pad_token_id == 0           # bigG pads with '!', as open_clip
-    assert loaded.text.tokenizers[0].pad_token_id == 49407
+    assert math.isinf(loaded.denoiser().sigmas[-1]) and loaded.alphas_cumprod[-1] == 0
+    assert loaded.components['text'].tokenizers[1].pad_token_id == 0           # bigG pads with '!', as open_clip
+    assert loaded.components['text'].tokenizers[0].pad_token_id == 49407
 
 
 def test_single_file_has_sgm_layout_and_markers(saved):
@@ -114,17 +122,17 @@ def test_single_file_has_sgm_layout_and_markers(saved):
     assert sd['v_pred'].numel() == 0 and sd['ztsnr'].numel() == 0
     for p in sdxl.SGM_PREFIXES.values():
         assert any(k.startswith(p) for k in sd)
-    w = saved['pipe'].text.encoders[1].text_model.encoder.layers[0].self_attn
+    w = saved['pipe'].components['text'].encoders[1].text_model.encoder.layers[0].self_attn
     fused = sd['conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight']
     assert torch.equal(fused, torch.cat([w.q_proj.weight, w.k_proj.weight, w.v_proj.weight]))
 
 
 def test_dtypes(saved):
-    half = sdxl.load_sdxl(saved['file'], dtype=torch.float16, **TINY_KW)
-    assert half.unet.dtype == torch.float16 and half.text.encoders[1].dtype == torch.float16
-    assert half.vae.dtype == torch.float32                       # force_upcast: SDXL's VAE overflows in fp16
-    bf16 = sdxl.load_sdxl(saved['folder'], dtype=torch.bfloat16)
-    assert bf16.unet.dtype == bf16.vae.dtype == torch.bfloat16
+    half = sdxl.load_sdxl(saved['file'], dtype=torch.float16, **TINY_KW).components
+    bf16 = sdxl.load_sdxl(saved['folder'], dtype=torch.bfloat16).components
+    assert half['unet'].dtype == torch.float16 and half['text'].encoders[1].dtype == torch.float16
+    assert half['vae'].dtype == torch.float32                       # force_upcast: SDXL's VAE overflows in fp16
+    assert bf16['unet'].dtype == bf16['vae'].dtype == torch.bfloat16
 
 
 # ------------------------------------------------------------------------------------------- adaptor, VAE
@@ -148,7 +156,7 @@ def test_denoiser_at_infinity_is_minus_v_at_t_max(saved):
     pipe = saved['from_file']
     n, c = torch.randn(1, 4, 8, 8), cond(saved['from_file'])
     with torch.no_grad():
-        d = pipe.denoiser(n, torch.full([1], math.inf), **c)
+        d = pipe.denoiser()(n, torch.full([1], math.inf), **c)
         v = pipe.inner_model(n, torch.tensor([999.]), **c)
     assert torch.isfinite(d).all()
     torch.testing.assert_close(d, -v)
@@ -156,17 +164,18 @@ def test_denoiser_at_infinity_is_minus_v_at_t_max(saved):
 
 def test_vae_scaling(saved):
     pipe = saved['pipe']
+    vae = pipe.components['vae']
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     with torch.no_grad():
-        z = pipe.vae.encode(x).latent_dist.mode()
+        z = vae.encode(x).latent_dist.mode()
         torch.testing.assert_close(pipe.encode(x), z * 0.13025)
         lat = torch.randn(1, 4, 8, 8)
-        torch.testing.assert_close(pipe.decode(lat), pipe.vae.decode(lat / 0.13025).sample)
-        mean, std = sdxl.latent_stats_for(pipe.vae, 'nai_anime')
+        torch.testing.assert_close(pipe.decode(lat), vae.decode(lat / 0.13025).sample)
+        mean, std = sdxl.latent_stats_for(vae, 'nai_anime')
         assert torch.allclose(std, torch.tensor([9.9181, 6.2753, 7.5978, 5.9956]))
-        nai = sdxl.vae_encode(pipe.vae, x, mean, std)
+        nai = sdxl.vae_encode(vae, x, mean, std)
         torch.testing.assert_close(nai, (z - mean.view(-1, 1, 1)) / std.view(-1, 1, 1))
-        torch.testing.assert_close(sdxl.vae_decode(pipe.vae, nai, mean, std), pipe.vae.decode(z).sample,
+        torch.testing.assert_close(sdxl.vae_decode(vae, nai, mean, std), vae.decode(z).sample,
                                    atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match='multiples of 8'):
         pipe.encode(torch.zeros(1, 3, 60, 64))
@@ -175,21 +184,25 @@ def test_vae_scaling(saved):
 # ------------------------------------------------------------------------------------------- sampling
 
 
+def sample(pipe, **kw):
+    p = dict(prompt='a cat', uc='lowres', steps=3, scale=5., width=64, height=64, sampler='euler',
+             noise_schedule='native', resolution_aware=False)
+    return generate(pipe, GenerationParams(**{**p, **kw}))
+
+
 def test_sample_end_to_end_from_infinity(saved):
-    kw = dict(prompt='a cat', negative='lowres', steps=3, cfg=5., width=64, height=64)
-    a = saved['from_file'].sample(seed=1, **kw)
+    a = sample(saved['from_file'], seed=1)
     assert a.shape == (1, 3, 64, 64) and torch.isfinite(a).all()
-    assert torch.equal(a, saved['from_file'].sample(seed=1, **kw))          # deterministic with a seed
-    assert torch.equal(a, saved['from_folder'].sample(seed=1, **kw))        # same weights, same image
-    assert not torch.equal(a, saved['from_file'].sample(seed=2, **kw))
-    for regime in ('clamp', 200.):
-        out = saved['from_file'].sample(seed=1, sampler='euler_ancestral', sigma_regime=regime,
-                                        **{**kw, 'steps': 2})
+    assert torch.equal(a, sample(saved['from_file'], seed=1))          # deterministic with a seed
+    assert torch.equal(a, sample(saved['from_folder'], seed=1))        # same weights, same image
+    assert not torch.equal(a, sample(saved['from_file'], seed=2))
+    for regime in ({'ztsnr': 'clamp'}, {'ztsnr': 'sigma_max', 'sigma_max': 200.}):
+        out = sample(saved['from_file'], seed=1, sampler='euler_ancestral', steps=2, **regime)
         assert torch.isfinite(out).all()
 
 
 def test_as_pipeline(saved):
-    p = sdxl.sdxl_pipeline(saved['folder'])
+    p = load_pipeline(saved['folder'])
     assert (p.factor, p.size_multiple, p.channels, p.base_side) == (8, 8, 4, 1024)
     assert p.size_cond(96, 64, 2)['add_time_ids'].tolist() == [[64., 96., 0., 0., 64., 96.]] * 2
     assert math.isinf(p.denoiser().sigmas[-1]) and p.denoiser(sigma_max=20000.).sigmas[-1] == 20000.
@@ -205,7 +218,7 @@ def test_missing_files(saved, tmp_path):
     with pytest.raises(FileNotFoundError, match='vae/'):
         sdxl.load_sdxl(tmp_path)
     with pytest.raises(ValueError, match='multiples of 8'):
-        saved['pipe'].sample('a', width=60, height=64, steps=1)
+        sample(saved['pipe'], width=60, height=64, steps=1)
 
 
 def _write_without(saved, tmp_path, drop=(), rename=None):
@@ -222,7 +235,7 @@ def test_markers_decide_prediction_and_schedule(saved, tmp_path):
         sdxl.load_sdxl(path, **TINY_KW)
     with pytest.warns(UserWarning, match='zero_terminal_snr=True'):
         plain = sdxl.load_sdxl(path, prediction_type='v', **TINY_KW)
-    assert not plain.info['zero_terminal_snr'] and math.isfinite(plain.denoiser.sigmas[-1])
+    assert not plain.info['zero_terminal_snr'] and math.isfinite(plain.denoiser().sigmas[-1])
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         forced = sdxl.load_sdxl(path, prediction_type='v', zero_terminal_snr=True, **TINY_KW)

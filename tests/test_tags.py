@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kdiff_ztsnr.tags import image_weights, normalize_tag, split_tag, tag_table, tag_weights, weights_from_table
+from kdiff_ztsnr.training.data.tags import image_weights, normalize_tag, split_tag, tag_table, tag_weights, weights_from_table
 
 
 def test_split_tag_prefixes_and_mapping():

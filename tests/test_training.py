@@ -14,10 +14,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from kdiff_ztsnr import data as kdata
 from kdiff_ztsnr import models, training
+from kdiff_ztsnr.losses import v_loss
+from kdiff_ztsnr.models import image_v1
+from kdiff_ztsnr.models.checkpoint import load_trained, resolve_checkpoint
+from kdiff_ztsnr.text import CachedText, build_text
+from kdiff_ztsnr.training.data.images import ImageFolderDataset
+from kdiff_ztsnr.training.data.latents import cache_latents
 from kdiff_ztsnr.sampling import sample_euler
-from kdiff_ztsnr.synthetic import make_synthetic_dataset, synthetic_caption
+from kdiff_ztsnr.training.data.synthetic import make_synthetic_dataset, synthetic_caption
 
 BUCKETS_16 = {'max_area': 256, 'max_side': 32, 'min_side': 16, 'step': 16, 'extra': [[16, 16]]}
 MODEL = {'type': 'image_v1', 'input_channels': 3, 'mapping_out': 32, 'depths': [1, 1], 'channels': [16, 32],
@@ -53,7 +58,7 @@ def tiny_config(out_dir, **training_overrides) -> dict:
 # ------------------------------------------------------------------------------------------- models
 
 def test_noise_cond_endpoints():
-    c = models.noise_cond(torch.tensor([0., 499.5, 999.]))
+    c = image_v1.noise_cond(torch.tensor([0., 499.5, 999.]))
     assert c.tolist() == [-1., 0., 1.]
 
 
@@ -94,7 +99,7 @@ def test_synthetic_dataset_deterministic(tmp_path):
     b = make_synthetic_dataset(tmp_path / 'b', n=12, sizes=[[16, 16], [24, 16]], seed=3)
     for i in range(12):
         assert (a / f'{i:05d}.png').read_bytes() == (b / f'{i:05d}.png').read_bytes()
-    ds = kdata.ImageFolderDataset(a, buckets=np.array([[16, 16], [24, 16]]))
+    ds = ImageFolderDataset(a, buckets=np.array([[16, 16], [24, 16]]))
     assert ds.sizes.tolist()[:2] == [[16, 16], [24, 16]]
     caps = ds.captions()
     for i, cap in enumerate(caps):
@@ -127,8 +132,8 @@ def test_config_merge_and_dims(tmp_path):
 
 
 def test_cached_text_matches_batch_encoding():
-    cond = training.build_text(training.DEFAULTS['text'])
-    cached = training.CachedText(cond, cache=2)
+    cond = build_text(training.DEFAULTS['text'])
+    cached = CachedText(cond, cache=2)
     short = ['red circle, blue background', 'completely black', '']
     for prompts in (short, short[::-1], [short[0], ' '.join(['word'] * 100)]):   # the last: 1 vs 2 chunks
         got, want = cached(prompts, 'cpu'), cond(prompts)
@@ -149,7 +154,7 @@ def fixed_eval_loss(tr: training.Trainer) -> float:
             t = torch.randint(0, 1000, (len(x0),), generator=g)
             t[0] = 999
             noise = torch.randn(x0.shape, generator=g)
-            total += training.v_loss(tr.model, x0, noise, t, gamma=None, **cond).mean().item()
+            total += v_loss(tr.model, x0, noise, t, gamma=None, **cond).mean().item()
     return total / 4
 
 
@@ -189,8 +194,8 @@ def test_resume_is_exact(tmp_path, n, m):
     _run_cli(cfg(tmp_path / 'full'), tmp_path / 'full.json')
     _run_cli(cfg(tmp_path / 'split'), tmp_path / 'split.json', '--steps', str(n))
     _run_cli(cfg(tmp_path / 'split'), tmp_path / 'split.json', '--resume', str(tmp_path / 'split'))
-    full = training.resolve_checkpoint(tmp_path / 'full')
-    split = training.resolve_checkpoint(tmp_path / 'split')
+    full = resolve_checkpoint(tmp_path / 'full')
+    split = resolve_checkpoint(tmp_path / 'split')
     assert full.name == split.name == f'checkpoint-{n + m:08d}'
     for name in ('model.safetensors', 'ema.safetensors'):
         a, b = load_file(str(full / name)), load_file(str(split / name))
@@ -208,19 +213,19 @@ def test_resume_is_exact(tmp_path, n, m):
 
 def test_checkpoint_layout_and_load_trained(tmp_path):
     tr = training.Trainer(tiny_config(tmp_path, steps=2, checkpoint_every=1, keep_checkpoints=1)).run()
-    ckpt = training.resolve_checkpoint(tmp_path)
+    ckpt = resolve_checkpoint(tmp_path)
     assert ckpt.name == 'checkpoint-00000002' and not (tmp_path / 'checkpoint-00000001').exists()
     assert {p.name for p in ckpt.iterdir()} == {'model.safetensors', 'ema.safetensors', 'text.safetensors',
                                                  'state.pt', 'rank-0.pt'}
     from k_diffusion import config as k_config
     assert k_config.load_config(ckpt / 'model.safetensors')['model']['channels'] == [16, 32]
-    model, text, cfg = training.load_trained(tmp_path)
+    model, text, cfg = load_trained(tmp_path)
     assert torch.equal(_flat(model.inner_model), _flat(tr.inner_ema))
     cond = text(['completely black', 'completely white'])
     x = sample_euler(model, torch.randn(2, 3, 16, 16), model.get_sigmas(4), extra_args=cond, disable=True)
     assert x.shape == (2, 3, 16, 16) and torch.isfinite(x).all()
     assert training.train_main(['--resume', str(tmp_path), '--steps', '3']) == 0   # config from the checkpoint
-    assert training.resolve_checkpoint(tmp_path).name == 'checkpoint-00000003'
+    assert resolve_checkpoint(tmp_path).name == 'checkpoint-00000003'
 
 
 def test_unreadable_images_are_skipped(tmp_path):
@@ -237,10 +242,10 @@ def test_unreadable_images_are_skipped(tmp_path):
 
 
 def test_latent_cache_training(tmp_path):
-    ds = kdata.ImageFolderDataset(make_synthetic_dataset(tmp_path / 'img', n=8, sizes=[[32, 32]]),
+    ds = ImageFolderDataset(make_synthetic_dataset(tmp_path / 'img', n=8, sizes=[[32, 32]]),
                                   buckets=np.array([[32, 32]]))
     encode = lambda x: torch.nn.functional.avg_pool2d(x, 2)[:, :2] * 3 + 1   # a stand-in "VAE": 2 × 16 × 16
-    kdata.cache_latents(ds, encode, tmp_path / 'cache')
+    cache_latents(ds, encode, tmp_path / 'cache')
     cfg = tiny_config(tmp_path, steps=2)
     cfg['model']['input_channels'] = 2
     cfg['dataset'] = {'type': 'latents', 'location': str(tmp_path / 'cache'), 'tag_weights': {}}

@@ -9,10 +9,9 @@ import json
 import os
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
-from kdiff_ztsnr.training import resolve_checkpoint
+from kdiff_ztsnr.models.checkpoint import resolve_checkpoint
 
 
 def export(src: str, dst: str) -> None:

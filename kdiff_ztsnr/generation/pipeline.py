@@ -1,7 +1,8 @@
 """What a generator needs from a model: a v network, its ᾱ table, text conditioning and an image codec.
 
-Both the embedded default model (pixel space) and SDXL checkpoints (VAE latents) are presented this way,
-so that `generate` and the CLI treat them alike.
+The package's one pipeline: the embedded default model and trainer checkpoints (pixel space,
+`models.checkpoint.trained_pipeline`) and SDXL checkpoints (VAE latents, `models.sdxl.load_sdxl`) are all
+presented this way, so that `generate`, the CLI, the benchmarks and the trainer's previews treat them alike.
 """
 
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .denoisers import DiscreteVDenoiser
+from ..denoisers import DiscreteVDenoiser
 
 
 def identity(x: Tensor) -> Tensor:
@@ -33,11 +34,16 @@ class Pipeline:
     sigma_data: float = 1.
     name: str = 'model'
     info: dict = field(default_factory=dict)
+    components: dict = field(default_factory=dict)  # the loaded modules by role (SDXL: unet, vae, text)
 
     def denoiser(self, sigma_max: Optional[float] = None) -> DiscreteVDenoiser:
         """The exact wrapper (σ_max None: the table reaches ∞) or the clamped one (report A.2)."""
         return DiscreteVDenoiser(self.inner_model, self.alphas_cumprod, sigma_max=sigma_max,
                                  sigma_data=self.sigma_data).to(self.device)
+
+    @property
+    def zero_terminal_snr(self) -> bool:
+        return bool(self.alphas_cumprod[-1] == 0)
 
     @property
     def device(self) -> torch.device:

@@ -10,8 +10,9 @@ from typing import Optional
 
 import torch
 
-from .generate import GenerationParams, generate
-from .schedules import SDXL_SIGMA_MAX, ZTSNR_CLAMP
+from ..schedules import SDXL_SIGMA_MAX
+from .generate import generate
+from .params import GenerationParams
 
 PROMPTS = ('completely black', 'completely white', 'white background', 'red circle, blue background', '')
 REGIME_PARAMS = {
@@ -59,7 +60,7 @@ def save_grid(results: dict, path: str) -> None:
 
 def run_demo(out: str = 'out/demo', model: str = 'embedded', samples: int = 8, steps: int = 28,
              pipe: Optional[object] = None) -> dict:
-    from .loaders import load_pipeline
+    from .loading import load_pipeline
     pipe = load_pipeline(model) if pipe is None else pipe
     results = regime_table(pipe, samples=samples, steps=steps)
     print(f'{"prompt":32s} {"regime":18s} {"mean brightness":>16s} {"spread":>8s}')

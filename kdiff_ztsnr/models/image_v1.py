@@ -1,20 +1,17 @@
-"""Networks for the inner-model contract ``(x_in, t, context=None, pooled=None) -> v`` and their builder.
+"""k-diffusion's ``ImageDenoiserModelV1`` as an inner v network ``(x_in, t, context=None, pooled=None) -> v``.
 
 ``ImageV1Inner`` adapts k-diffusion's ``ImageDenoiserModelV1`` (a small U-Net with AdaGN, self- and
 cross-attention) to that contract: the text context [B, L, D] goes to cross-attention (``cross_cond``), the
-pooled embedding [B, P] to the mapping network (``mapping_cond``). ``build_model(config)`` reads a
-k-diffusion-style config (``model`` section); ``build_denoiser(config)`` wraps the network in
-``DiscreteVDenoiser`` on the zero-terminal-SNR table (report §2.2).
+pooled embedding [B, P] to the mapping network (``mapping_cond``). ``build_image_v1`` reads a
+k-diffusion-style ``model`` section.
 """
 
-import importlib
-from typing import Callable, Optional
+from typing import Optional
 
 from k_diffusion import config as k_config
 from torch import Tensor, nn
 
-from . import schedules
-from .denoisers import DiscreteVDenoiser
+from .. import schedules
 
 
 def noise_cond(t: Tensor, num_timesteps: int = schedules.NUM_TIMESTEPS) -> Tensor:
@@ -69,51 +66,3 @@ def build_image_v1(model_config: dict) -> ImageV1Inner:
     mc['augment_wrapper'] = False
     net = k_config.make_model({'model': mc, 'dataset': {'num_classes': 0}})
     return ImageV1Inner(net, mc.get('num_timesteps', schedules.NUM_TIMESTEPS))
-
-
-def import_object(path: str) -> Callable:
-    """``'package.module:attr'`` → the attribute (a class or factory)."""
-    module, sep, attr = path.partition(':')
-    if not sep:
-        raise ValueError(f"expected 'module:attr', got {path!r}")
-    obj = importlib.import_module(module)
-    for name in attr.split('.'):
-        obj = getattr(obj, name)
-    return obj
-
-
-def build_module(model_config: dict) -> nn.Module:
-    """Any network following the inner-model contract: ``{'type': 'module', 'target': 'pkg.mod:Factory',
-    'kwargs': {...}}`` → Factory(**kwargs)."""
-    return import_object(model_config['target'])(**model_config.get('kwargs', {}))
-
-
-MODEL_TYPES: dict[str, Callable[[dict], nn.Module]] = {
-    'image_v1': build_image_v1,
-    'module': build_module,
-}
-
-
-def build_model(config: dict) -> nn.Module:
-    """The inner v network of a config (``config['model']['type']`` ∈ MODEL_TYPES)."""
-    model_config = config['model']
-    if model_config['type'] not in MODEL_TYPES:
-        raise ValueError(f"unknown model type {model_config['type']!r}; expected one of {sorted(MODEL_TYPES)}")
-    return MODEL_TYPES[model_config['type']](model_config)
-
-
-def alphas_cumprod_for(model_config: dict):
-    """The ᾱ table of a ``model`` section: SDXL's, rescaled to zero terminal SNR unless zero_terminal_snr is false."""
-    return schedules.ztsnr_alphas_cumprod() if model_config.get('zero_terminal_snr', True) \
-        else schedules.sdxl_alphas_cumprod()
-
-
-def build_denoiser(config: dict, inner_model: Optional[nn.Module] = None) -> DiscreteVDenoiser:
-    """DiscreteVDenoiser around build_model(config) on SDXL's ᾱ, rescaled to zero terminal SNR unless
-    ``model.zero_terminal_snr`` is false (report §2.2); ``model.sigma_max`` clamps it (report A.2)."""
-    mc = config['model']
-    ac = alphas_cumprod_for(mc)
-    inner_model = build_model(config) if inner_model is None else inner_model
-    sigma_max = mc.get('sigma_max')
-    return DiscreteVDenoiser(inner_model, ac, sigma_max=None if sigma_max is None else float(sigma_max),
-                             sigma_data=mc.get('sigma_data', 1.))

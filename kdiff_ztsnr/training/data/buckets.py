@@ -1,4 +1,4 @@
-"""Aspect-ratio bucketing and per-epoch batch planning (report §4.1.2, DESIGN.md 8).
+"""Aspect-ratio bucketing and per-epoch batch planning (report §4.1.2).
 
 Sizes and buckets are (w, h) integer pairs. `make_buckets` builds the report's bucket list; `assign_buckets`
 finds each image's nearest-aspect bucket (pruning extreme aspects); `plan_epoch` is the pure, vectorised

@@ -1,83 +1,31 @@
 """Text-to-image, img2img, Enhance and inpainting over a `Pipeline`, reproducible per sample.
 
-Parameters use the NovelAI metadata keys (prompt, uc, steps, scale, cfg_rescale, seed, sampler,
-noise_schedule, …) so that a PNG's metadata is a complete, re-runnable description of the image.
+Sample i of a batch uses seed + i, and its ancestral/SDE noise comes from its own CPU generator, so a batch
+reproduces single runs and a seed gives the same noise on every device.
 """
 
-import dataclasses
 import inspect
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from . import schedules
-from .denoisers import DiscreteVDenoiser
-from .guidance import CFGDenoiser
-from .img2img import img2img_start
+from .. import schedules
+from ..denoisers import DiscreteVDenoiser
+from ..guidance import CFGDenoiser
+from ..img2img import img2img_start
+from ..sampling import SAMPLERS, BrownianTreeNoiseSampler
+from .params import GenerationParams, check_params
 from .pipeline import Pipeline
-from .sampling import SAMPLERS, BrownianTreeNoiseSampler
 
-SCHEDULES = ('native', 'karras', 'exponential', 'polyexponential', 'recommended')
-REGIMES = ('exact', 'clamp', 'sigma_max')
 BROWNIAN = {'dpmpp_sde', 'dpmpp_2m_sde', 'dpmpp_3m_sde'}
 # The package default: Karras ρ=7 over [σ_min, σ[T−2]] with ∞ prepended. On the exact oracle it ends in the
 # reference solve's mode 91–99 % of the time at 28 steps against 33 % for the report's native schedule (whose
 # single step from ∞ to 56.18 collapses diversity), and on the embedded model it halves the unconditional
 # brightness W1 at 28 steps (0.110 vs 0.214); benchmarks/README.md has the tables. 'native' stays available.
 RECOMMENDED = 'karras'
-
-
-@dataclass
-class GenerationParams:
-    prompt: str = ''
-    uc: str = ''                       # negative prompt
-    steps: int = 28
-    scale: float = 5.                  # CFG scale
-    cfg_rescale: float = 0.            # CFG rescale φ
-    seed: int = 0                      # sample i uses seed + i
-    n_samples: int = 1
-    width: int = 32
-    height: int = 32
-    sampler: str = 'euler_ancestral'
-    noise_schedule: str = 'recommended'
-    ztsnr: str = 'exact'               # 'exact' from ∞ | 'clamp' at 20000 | 'sigma_max' (finite start)
-    sigma_max: Optional[float] = None  # the finite start for ztsnr='sigma_max', before resolution scaling
-    resolution_aware: bool = True      # scale a finite σ_max ×2 per ×2 canvas side (report §2.3)
-    strength: float = 1.               # img2img strength (1: text-to-image)
-    eta: Optional[float] = None        # ancestral/SDE η (None: the sampler's default)
-    model: str = 'embedded'
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> 'GenerationParams':
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def check_params(p: GenerationParams, pipe: Pipeline) -> None:
-    """One clear error per bad parameter."""
-    m = pipe.size_multiple
-    if p.width % m or p.height % m or p.width <= 0 or p.height <= 0:
-        raise ValueError(f'width and height must be positive multiples of {m} for {pipe.name}, '
-                         f'got {p.width}x{p.height}')
-    if p.sampler not in SAMPLERS:
-        raise ValueError(f'unknown sampler {p.sampler!r}; choose from {", ".join(sorted(SAMPLERS))}')
-    if p.noise_schedule not in SCHEDULES:
-        raise ValueError(f'unknown noise schedule {p.noise_schedule!r}; choose from {", ".join(SCHEDULES)}')
-    if p.ztsnr not in REGIMES:
-        raise ValueError(f'unknown ZTSNR regime {p.ztsnr!r}; choose from {", ".join(REGIMES)}')
-    if p.ztsnr == 'sigma_max' and not (p.sigma_max and p.sigma_max > 0 and math.isfinite(p.sigma_max)):
-        raise ValueError(f'ztsnr="sigma_max" needs a finite positive sigma_max, got {p.sigma_max}')
-    if p.sampler in ('dpm_fast', 'dpm_adaptive'):
-        raise ValueError(f'{p.sampler} takes no schedule; use a schedule-based sampler')
-    if p.steps < 1 or p.n_samples < 1:
-        raise ValueError('steps and n_samples must be at least 1')
 
 
 def start_sigma(p: GenerationParams, pipe: Pipeline) -> float:
@@ -104,7 +52,7 @@ def make_sigmas(model: DiscreteVDenoiser, kind: str, steps: int, sigma_start: Op
                  prepend_inf=False)
 
 
-def sample_noise(seeds: list, shape: tuple) -> list:
+def sample_noise(seeds: list, shape: tuple) -> tuple[list, Tensor]:
     """Per-sample generators and their first draw: a batch reproduces single runs with the same seeds."""
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     return gens, torch.stack([torch.randn(shape, generator=g) for g in gens])
@@ -142,12 +90,19 @@ def sampler_kwargs(p: GenerationParams, x: Tensor, sigmas: Tensor, gens: list, s
 
 @torch.no_grad()
 def generate(pipe: Pipeline, p: GenerationParams, init: Optional[Tensor] = None, mask: Optional[Tensor] = None,
-             progress: bool = False) -> Tensor:
-    """Images in [−1, 1] [n_samples, 3, H, W]. init: image [1 or B, 3, H, W]; mask: [1, 1, H, W], 1 = repaint."""
-    check_params(p, pipe)
-    exact = pipe.denoiser()
-    model = pipe.denoiser(sigma_max=20000.) if p.ztsnr == 'clamp' else exact
-    sigmas = make_sigmas(model, p.noise_schedule, p.steps, start_sigma(p, pipe) if p.ztsnr == 'sigma_max' else None)
+             progress: bool = False, sigmas: Optional[Tensor] = None, clamp: Optional[float] = None) -> Tensor:
+    """Images in [−1, 1] [n_samples, 3, H, W]. init: image [1 or B, 3, H, W]; mask: [1, 1, H, W], 1 = repaint.
+
+    sigmas: an explicit schedule instead of p's; clamp: the table's top σ (report A.2; default
+    ZTSNR_CLAMP for p.ztsnr == 'clamp', none otherwise).
+    """
+    check_params(p, pipe.size_multiple, pipe.name)
+    if clamp is None and p.ztsnr == 'clamp':
+        clamp = schedules.ZTSNR_CLAMP
+    model = pipe.denoiser(sigma_max=clamp)
+    if sigmas is None:
+        sigmas = make_sigmas(model, p.noise_schedule, p.steps,
+                             start_sigma(p, pipe) if p.ztsnr == 'sigma_max' else None)
     b, seeds = p.n_samples, [p.seed + i for i in range(p.n_samples)]
     shape = (pipe.channels, p.height // pipe.factor, p.width // pipe.factor)
     gens, noise = sample_noise(seeds, shape)

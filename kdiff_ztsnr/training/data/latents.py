@@ -1,172 +1,28 @@
-"""Image-folder datasets, bucket loading, and a latent cache with VAE scale-and-shift (report §4.1.3, app. B).
+"""A latent cache with the VAE scale-and-shift of the report's appendix B.
 
-Images: a folder (recursive) of .png/.jpg/.jpeg/.webp with kohya/booru-style sidecar tags `name.txt`
-(comma-separated; a missing file means no tags). Sizes come from the image headers only (EXIF rotation
-applied for JPEG/WebP) and feed `buckets.assign_buckets`. An item is loaded for a bucket (w, h) by scaling it,
-aspect preserved, to cover the bucket, then cropping at random (§4.1.3); pixels become float32 CHW in [−1, 1],
-transparency composited on white. Unreadable images are skipped, never raised: the item's image is None,
-`collate_images` drops it and reports the count as batch['skipped'] (also `ImageFolderDataset.n_skipped` in
-the loading process); unreadable headers give size (0, 0), which bucket assignment prunes.
-
-Latent cache: `cache_latents` writes safetensors shards `shard-NNNNN.safetensors` (one tensor per image
-keyed by its dataset index; metadata JSON with bucket, original size, name, tags) and, last, `stats.safetensors`
-holding the per-channel mean/std of the latents estimated with Welford's average (appendix B). All files are
-written to a temporary name and os.replace'd. `LatentCacheDataset` reads it back.
+`cache_latents` writes safetensors shards `shard-NNNNN.safetensors` (one tensor per image keyed by its dataset
+index; metadata JSON with bucket, original size, name, tags) and, last, `stats.safetensors` holding the
+per-channel mean/std of the latents estimated with Welford's average (appendix B). All files are written to a
+temporary name and os.replace'd. `LatentCacheDataset` reads it back.
 """
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .buckets import BucketSampler, assign_buckets, make_buckets
+from ...models.sdxl.vae import normalize
+from .images import ImageFolderDataset
 
-IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.webp')
-NAI_ANIME_SDXL_MEAN = (4.8119, 0.1607, 1.3538, -1.7753)  # appendix B, fig. 8: SDXL VAE, anime
-NAI_ANIME_SDXL_STD = (9.9181, 6.2753, 7.5978, 5.9956)
 CACHE_FORMAT = 'kdiff_ztsnr.latents.v1'
 STATS_FILE = 'stats.safetensors'
-
-
-# ---------------------------------------------------------------------------------------------- images
-
-def parse_tags(text: str) -> list[str]:
-    """Comma-separated tags, whitespace stripped, empties dropped."""
-    return [t.strip() for t in text.split(',') if t.strip()]
-
-
-def read_tags(image_path: Union[str, Path]) -> list[str]:
-    """Tags from the sidecar `.txt` next to an image; [] if there is none."""
-    p = Path(image_path).with_suffix('.txt')
-    return parse_tags(p.read_text(encoding='utf-8', errors='replace')) if p.is_file() else []
-
-
-def list_images(root: Union[str, Path], exts: Sequence[str] = IMAGE_EXTS) -> list[Path]:
-    """Image files under root (recursive), sorted."""
-    exts = {e.lower() for e in exts}
-    return sorted(p for p in Path(root).rglob('*') if p.suffix.lower() in exts and p.is_file())
-
-
-def image_size(path: Union[str, Path]) -> tuple[int, int]:
-    """(w, h) as displayed, from the header only; (0, 0) if the header is unreadable."""
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if im.format in ('JPEG', 'MPO', 'WEBP') and im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                w, h = h, w  # EXIF orientation with a transpose
-            return w, h
-    except Exception:
-        return 0, 0
-
-
-def read_sizes(paths: Sequence[Union[str, Path]], workers: int = 8) -> np.ndarray:
-    """image_size for many files (I/O-bound, threaded): int64 [N, 2]."""
-    with ThreadPoolExecutor(max(1, workers)) as ex:
-        return np.array(list(ex.map(image_size, paths)), dtype=np.int64).reshape(-1, 2)
-
-
-def cover_crop_box(W: int, H: int, w: int, h: int,
-                   generator: Optional[torch.Generator] = None) -> tuple[int, int, int, int]:
-    """Scale (W, H) preserving aspect to cover (w, h), then a random crop (§4.1.3): (W', H', left, top)."""
-    s = max(w / W, h / H)
-    W2, H2 = max(w, round(W * s)), max(h, round(H * s))
-    left = int(torch.randint(W2 - w + 1, (), generator=generator))
-    top = int(torch.randint(H2 - h + 1, (), generator=generator))
-    return W2, H2, left, top
-
-
-def open_rgb(path: Union[str, Path]) -> Image.Image:
-    """Decode fully, apply EXIF orientation, composite transparency on white; RGB."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        im.load()
-    if im.mode in ('RGBA', 'LA', 'PA') or 'transparency' in im.info:
-        im = im.convert('RGBA')
-        return Image.alpha_composite(Image.new('RGBA', im.size, (255, 255, 255, 255)), im).convert('RGB')
-    return im.convert('RGB')
-
-
-def to_tensor(im: Image.Image) -> Tensor:
-    """RGB PIL image → float32 [3, H, W] in [−1, 1]."""
-    x = torch.from_numpy(np.array(im, dtype=np.uint8, copy=True)).permute(2, 0, 1)
-    return x.float() / 127.5 - 1
-
-
-def load_for_bucket(path: Union[str, Path], w: int, h: int,
-                    generator: Optional[torch.Generator] = None) -> Tensor:
-    """An image scaled to cover (w, h) and randomly cropped to it (§4.1.3): float32 [3, h, w] in [−1, 1]."""
-    im = open_rgb(path)
-    W2, H2, left, top = cover_crop_box(*im.size, w, h, generator)
-    if (W2, H2) != im.size:
-        im = im.resize((W2, H2), Image.LANCZOS)
-    return to_tensor(im.crop((left, top, left + w, top + h)))
-
-
-class ImageFolderDataset(Dataset):
-    """A folder of images with sidecar tags, bucketed by aspect ratio (§4.1.2).
-
-    Attributes: paths, sizes int64 [N, 2], buckets [K, 2], bucket (nearest bucket per item) and
-    bucket_idx (the same with −1 where pruned; feed it to BucketSampler), n_pruned, n_skipped.
-    Items: key is a BucketKey/(index, w, h) from BucketSampler, or an int (loads at its own bucket).
-    Returns {'index', 'image' ([3, h, w] in [−1, 1], or None if unreadable), 'tags', 'bucket' (w, h)}.
-    """
-
-    def __init__(self, root: Union[str, Path], buckets: Optional[np.ndarray] = None, log_space: bool = True,
-                 max_ratio_error: float = 0.5, exts: Sequence[str] = IMAGE_EXTS, workers: int = 8):
-        self.root = Path(root)
-        self.paths = list_images(root, exts)
-        self.sizes = read_sizes(self.paths, workers)
-        self.buckets = make_buckets() if buckets is None else np.asarray(buckets, dtype=np.int64)
-        self.bucket, pruned = assign_buckets(self.sizes, self.buckets, log_space, max_ratio_error)
-        self.bucket_idx = np.where(pruned, -1, self.bucket)
-        self.n_pruned, self.n_skipped = int(pruned.sum()), 0
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def name(self, i: int) -> str:
-        return self.paths[i].relative_to(self.root).as_posix()
-
-    def captions(self) -> list[list[str]]:
-        """Every item's tags (reads all sidecars), e.g. for tags.image_weights."""
-        return [read_tags(p) for p in self.paths]
-
-    def load(self, i: int, w: int, h: int, generator: Optional[torch.Generator] = None) -> dict:
-        try:
-            image = load_for_bucket(self.paths[i], w, h, generator)
-        except Exception:
-            image, self.n_skipped = None, self.n_skipped + 1
-        return {'index': i, 'image': image, 'tags': read_tags(self.paths[i]), 'bucket': (w, h)}
-
-    def __getitem__(self, key) -> dict:
-        if isinstance(key, tuple):
-            i, w, h = (int(k) for k in key)
-        else:
-            i = int(key)
-            w, h = self.buckets[self.bucket[i]].tolist()
-        return self.load(i, w, h)
-
-    def sampler(self, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> BucketSampler:
-        return BucketSampler(self.bucket_idx, self.buckets, batch_size, rank, world_size, seed)
-
-
-def collate_images(items: Sequence[dict]) -> dict:
-    """Stack one bucket's items, dropping unreadable ones: {'image' [B', 3, h, w], 'index' [B'], 'tags',
-    'skipped' (int)}; B' may be 0."""
-    ok = [it for it in items if it['image'] is not None]
-    w, h = items[0]['bucket'] if items else (0, 0)
-    image = torch.stack([it['image'] for it in ok]) if ok else torch.empty(0, 3, h, w)
-    return {'image': image, 'index': torch.tensor([it['index'] for it in ok], dtype=torch.long),
-            'tags': [it['tags'] for it in ok], 'skipped': len(items) - len(ok)}
 
 
 # ------------------------------------------------------------------------------- scale-and-shift
@@ -208,20 +64,6 @@ class Welford:
 
     def std(self, ddof: int = 0) -> Tensor:
         return self.var(ddof).sqrt()
-
-
-def _channels(v, z: Tensor) -> Tensor:
-    return torch.as_tensor(v, dtype=torch.float32, device=z.device).view(-1, 1, 1)
-
-
-def normalize(z: Tensor, mean, std) -> Tensor:
-    """VAE latents → standard Gaussian per channel: (z − μ)/σ (appendix B); z [B, C, h, w] or [C, h, w]."""
-    return ((z.float() - _channels(mean, z)) / _channels(std, z)).to(z.dtype)
-
-
-def denormalize(z: Tensor, mean, std) -> Tensor:
-    """Inverse of normalize: z·σ + μ, back to the VAE decoder's distribution (appendix B)."""
-    return (z.float() * _channels(std, z) + _channels(mean, z)).to(z.dtype)
 
 
 # ----------------------------------------------------------------------------------- latent cache

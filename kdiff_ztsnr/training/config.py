@@ -1,0 +1,96 @@
+"""Training configs: JSON merged over ``DEFAULTS`` and then over k-diffusion's own defaults.
+
+k-diffusion's sections ``model``, ``dataset``, ``optimizer``, ``lr_sched``, ``ema_sched`` (read by
+``k_diffusion.config.load_config``) plus ``text`` and ``training``; every key and its meaning is in DEFAULTS.
+"""
+
+import copy
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Union
+
+from jsonmerge import merge
+from k_diffusion import config as k_config
+from k_diffusion import utils as k_utils
+
+from ..text import text_dims
+
+DEFAULTS = {
+    'model': {
+        'type': 'image_v1',
+        'sigma_data': 1.,
+        'zero_terminal_snr': True,    # rescale SDXL's ᾱ to zero terminal SNR (σ[999] = ∞)
+        'sigma_max': None,            # e.g. 20000.: clamp the table's top sigma (report A.2)
+        'augment_wrapper': False,
+        'cross_cond_dim': None,       # None: the text encoders' hidden size (Σ over encoders)
+        'mapping_cond_dim': None,     # None: the pooled embedding size
+    },
+    'dataset': {
+        'type': 'imagefolder',        # 'imagefolder' | 'synthetic' | 'latents'
+        'location': None,             # image folder / latent cache / where to write the synthetic set
+        'buckets': None,              # kwargs of buckets.make_buckets; None = the report's (§4.1.2)
+        'log_space': True,
+        'max_ratio_error': 0.5,
+        'normalize': True,            # latents: apply the cache's scale-and-shift (appendix B)
+        'cond_dropout_rate': 0.1,
+        'tag_weights': None,          # None/False = off; {} or {'alpha', 'clip'}: §4.3 weights
+        'synthetic': {'n': 64, 'sizes': [[32, 32]], 'seed': 0, 'solid_fraction': 0.25},
+        'loader_threads': 0,
+    },
+    'text': {
+        'type': 'clip',               # 'clip' (random tiny CLIP from config) | 'pretrained' | 'none'
+        'path': None,                 # 'pretrained': an SDXL diffusers folder (local files only)
+        'encoders': [{'hidden_size': 32, 'intermediate_size': 64, 'num_hidden_layers': 2,
+                      'num_attention_heads': 2, 'projection_dim': None}],
+        'seed': 0,
+        'max_chunks': 3,
+        'layer': -2,
+        'final_norm': False,
+        'cache': 1024,                # LRU memo of embeddings for this many prompts; 0 = off
+    },
+    'optimizer': {'type': 'adamw', 'lr': 1e-4, 'betas': [0.9, 0.999], 'eps': 1e-8, 'weight_decay': 1e-4},
+    'lr_sched': {'type': 'constant', 'warmup': 0.},
+    'ema_sched': {'type': 'inverse', 'power': 0.6667, 'max_value': 0.9999},
+    'training': {
+        'steps': 1000,                # optimizer steps
+        'batch_size': 8,              # per rank and micro-batch
+        'grad_accum_steps': 1,
+        'mixed_precision': 'no',      # 'no' | 'bf16'
+        'tf32': False,
+        'cpu': False,
+        'threads': None,              # torch CPU threads (None: torch's default); 1 avoids oversubscription
+        'seed': 0,
+        'grad_clip': None,
+        'min_snr_gamma': 5.,          # None: plain v-MSE
+        'terminal_weight': 1.,        # MinSNR weight at SNR = 0 (see losses.py)
+        'checkpoint_every': 1000,
+        'keep_checkpoints': 0,        # 0 = keep all
+        'log_every': 10,
+        'out_dir': 'out/train',
+    },
+}
+
+
+def load_training_config(config: Union[str, os.PathLike, dict]) -> dict:
+    """JSON file, ``.safetensors`` checkpoint or dict, merged over DEFAULTS then k-diffusion's defaults."""
+    if not isinstance(config, dict):
+        path = Path(config)
+        config = (json.loads(k_utils.get_safetensors_metadata(path)['config']) if path.suffix == '.safetensors'
+                  else json.loads(path.read_text()))
+    with warnings.catch_warnings():   # jsonmerge uses jsonschema's deprecated RefResolver
+        warnings.simplefilter('ignore', DeprecationWarning)
+        return k_config.load_config(merge(DEFAULTS, config))
+
+
+def resolve_text_dims(config: dict, cond) -> dict:
+    """Fill model.cross_cond_dim / mapping_cond_dim from the text encoders (checking given values)."""
+    config = copy.deepcopy(config)
+    dims = text_dims(cond) if cond is not None else (0, 0)
+    for key, dim in zip(('cross_cond_dim', 'mapping_cond_dim'), dims):
+        if config['model'].get(key) is None:
+            config['model'][key] = dim
+        elif config['model'].get('type') == 'image_v1' and config['model'][key] != dim:
+            raise ValueError(f'model.{key}={config["model"][key]} but the text encoders give {dim}')
+    return config

@@ -1,0 +1,242 @@
+"""Training loop for v-prediction ZTSNR models (report §2.2, §4; k-diffusion's train.py conventions).
+
+Per optimizer step and rank: ``grad_accum_steps`` micro-batches of ``batch_size`` from the §4.1.2 bucket
+sampler (this rank's shard); t uniform over all T timesteps including T−1 (σ = ∞); per-sample v-MSE ×
+MinSNR-γ on the rescaled SNR × tag weight (§4.3); the prompt (tags joined by ", ") dropped to "" with
+probability ``cond_dropout_rate`` for CFG. Effective batch = batch_size × grad_accum_steps × world size.
+
+Determinism: the data order is a pure function of (seed, epoch) (BucketSampler), crops of (seed, epoch,
+index), timesteps/noise/prompt dropout of (seed, rank, step, micro-batch); the checkpoint stores the
+sampler position and the global RNGs (for dropout layers), so ``--resume`` continues bit-exactly.
+
+Checkpoint ``out_dir/checkpoint-NNNNNNNN/``: ``model.safetensors`` and ``ema.safetensors`` (the inner
+network; metadata ``config`` JSON and ``step``, readable by ``k_diffusion.config.load_config``),
+``text.safetensors`` (the frozen random text encoders of text.type 'clip'), ``state.pt`` (optimizer, LR/EMA schedulers, step) and
+``rank-R.pt`` (bucket sampler and python/numpy/torch RNG states of rank R). The directory is written under a
+temporary name and os.replace'd; ``out_dir/latest`` names the newest.
+"""
+
+import copy
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from k_diffusion import utils as k_utils
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from ..losses import sample_timesteps, v_loss
+from ..models import build_denoiser, build_model
+from ..models.checkpoint import resolve_checkpoint, save_weights
+from ..text import CachedText, build_text
+from .checkpoint import atomic_torch_save, rng_state, set_rng_state
+from .config import load_training_config, resolve_text_dims
+from .data import tags as ktags
+from .data.buckets import BucketSampler
+from .data.source import BatchSource, build_dataset, dataset_captions, mix_seed
+from .optim import build_ema_sched, build_lr_sched, build_optimizer
+
+class Trainer:
+    """One training run: ``Trainer(config).run()``, or ``train_step()`` one optimizer step at a time."""
+
+    def __init__(self, config: Union[str, os.PathLike, dict], accelerator=None):
+        import accelerate
+        config = load_training_config(config)
+        tc = config['training']
+        self.accelerator = accelerator or accelerate.Accelerator(
+            mixed_precision=tc['mixed_precision'], gradient_accumulation_steps=tc['grad_accum_steps'],
+            cpu=tc['cpu'])
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tc['tf32'])
+        if tc['threads']:
+            torch.set_num_threads(tc['threads'])
+        self.seed, self.out_dir, self.step = tc['seed'], Path(tc['out_dir']), 0
+        self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
+        random.seed(self.seed)
+        np.random.seed(self.seed % 2 ** 32)
+        torch.manual_seed(self.seed)                  # model init: identical on every rank
+        self.text = build_text(config['text'])
+        self.config = resolve_text_dims(config, self.text)
+        self.encode = None if self.text is None else CachedText(self.text.to(self.accelerator.device),
+                                                                config['text']['cache'])
+        self._setup_data()
+        self._setup_model()
+
+    def _setup_data(self) -> None:
+        dc = self.config['dataset']
+        with self.accelerator.main_process_first():   # the synthetic set is written once
+            self.dataset = build_dataset(dc, self.out_dir)
+        sampler = BucketSampler(self.dataset.bucket_idx, self.dataset.buckets, self.config['training']['batch_size'],
+                                self.rank, self.world_size, self.seed)
+        self.data = BatchSource(self.dataset, sampler, self.seed, dc['loader_threads'])
+        used = self.dataset.bucket_idx[self.dataset.bucket_idx >= 0]
+        wh = np.asarray(self.dataset.buckets)[used]             # the canvas the model learns (§2.3 rule)
+        self.base_side = int(round(float(np.sqrt((wh[:, 0] * wh[:, 1]).mean())))) if len(wh) else 0
+        tw = dc['tag_weights']
+        self.tag_weights = None
+        if tw is not None and tw is not False:
+            tw = {} if tw is True else tw
+            w = ktags.image_weights(dataset_captions(self.dataset), alpha=tw.get('alpha', 0.5),
+                                    clip=tuple(tw.get('clip', (0.5, 2.0))))
+            self.tag_weights = torch.as_tensor(w, dtype=torch.float32)
+
+    def _setup_model(self) -> None:
+        inner = build_model(self.config)
+        self.inner_ema = copy.deepcopy(inner).eval().requires_grad_(False)
+        opt = build_optimizer(self.config['optimizer'], inner)
+        self.lr_sched = build_lr_sched(self.config['lr_sched'], opt)
+        self.ema_sched = build_ema_sched(self.config['ema_sched'])
+        self.inner, self.opt = self.accelerator.prepare(inner, opt)
+        self.model = build_denoiser(self.config, self.inner).to(self.accelerator.device)
+        self.inner_ema.to(self.accelerator.device)
+
+    @property
+    def unwrapped(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.inner)
+
+    def micro_loss(self, batch: dict, micro: int) -> Tensor:
+        """Σ weighted per-sample losses / batch_size of one micro-batch (t, noise, dropout seeded per step)."""
+        tc, dc = self.config['training'], self.config['dataset']
+        g = torch.Generator().manual_seed(mix_seed(self.seed, self.rank, self.step, micro))
+        x0 = batch['x0']
+        t = sample_timesteps(len(x0), len(self.model.sigmas), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        drop = torch.rand(len(x0), generator=g) < dc['cond_dropout_rate']
+        device = self.accelerator.device
+        cond = {}
+        if self.encode is not None:
+            cond = self.encode(['' if d else p for d, p in zip(drop.tolist(), batch['prompts'])], device)
+        weight = None if self.tag_weights is None else self.tag_weights[batch['index']].to(device)
+        losses = v_loss(self.model, x0.to(device), noise.to(device), t.to(device), tc['min_snr_gamma'],
+                        tc['terminal_weight'], weight, **cond)
+        return losses.sum() / tc['batch_size']
+
+    def train_step(self) -> dict:
+        """One optimizer step over grad_accum_steps micro-batches; returns this rank's metrics."""
+        acc, tc = self.accelerator, self.config['training']
+        self.inner.train()
+        self.opt.zero_grad()
+        losses, indices, skipped = [], [], 0
+        for micro in range(tc['grad_accum_steps']):
+            batch = self.data.next()
+            indices += batch['index'].tolist()
+            skipped += batch['skipped']
+            with acc.accumulate(self.inner):
+                loss = self.micro_loss(batch, micro)
+                acc.backward(loss)
+                if acc.sync_gradients and tc['grad_clip']:
+                    acc.clip_grad_norm_(self.inner.parameters(), tc['grad_clip'])
+                self.opt.step()
+            losses.append(loss.detach())
+        assert acc.sync_gradients, 'gradient accumulation out of step with grad_accum_steps'
+        lr = self.lr_sched.get_last_lr()[0]
+        self.lr_sched.step()
+        ema_decay = self.ema_sched.get_value()
+        k_utils.ema_update(self.unwrapped, self.inner_ema, ema_decay)
+        self.ema_sched.step()
+        self.step += 1
+        loss = acc.reduce(torch.stack(losses).mean(), 'mean').item()
+        return {'step': self.step, 'loss': loss, 'lr': lr, 'ema_decay': ema_decay, 'skipped': skipped,
+                'indices': indices}
+
+    def save(self) -> Path:
+        """Write checkpoint-{step} (all ranks call this; rank 0 writes the shared files)."""
+        acc = self.accelerator
+        final = self.out_dir / f'checkpoint-{self.step:08d}'
+        tmp = final.with_name(final.name + '.tmp')
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        atomic_torch_save({'data': self.data.state_dict(), 'rng': rng_state()}, tmp / f'rank-{self.rank}.pt')
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            meta = {'config': json.dumps(self.config), 'step': self.step, 'base_side': self.base_side}
+            save_weights(self.unwrapped, tmp / 'model.safetensors', meta)
+            save_weights(self.inner_ema, tmp / 'ema.safetensors', meta)
+            if self.config['text']['type'] == 'clip':      # random encoders: keep them with the model
+                save_weights(self.text, tmp / 'text.safetensors', meta)
+            atomic_torch_save({'step': self.step, 'opt': self.opt.state_dict(), 'lr_sched': self.lr_sched.state_dict(),
+                                'ema_sched': self.ema_sched.state_dict(), 'world_size': self.world_size},
+                               tmp / 'state.pt')
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            latest = self.out_dir / 'latest'
+            (self.out_dir / '.latest.tmp').write_text(final.name)
+            os.replace(self.out_dir / '.latest.tmp', latest)
+            self._prune_checkpoints()
+        acc.wait_for_everyone()
+        return final
+
+    def _prune_checkpoints(self) -> None:
+        keep = self.config['training']['keep_checkpoints']
+        if keep:
+            for old in sorted(self.out_dir.glob('checkpoint-[0-9]*[0-9]'))[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, path: Union[str, os.PathLike]) -> Path:
+        """Restore everything from a checkpoint (or an out_dir's latest) to continue exactly."""
+        ckpt = resolve_checkpoint(path)
+        state = torch.load(ckpt / 'state.pt', map_location='cpu', weights_only=False)   # our own files
+        if state['world_size'] != self.world_size:
+            raise ValueError(f"checkpoint was written by {state['world_size']} ranks, this run has {self.world_size}")
+        self.unwrapped.load_state_dict(load_file(str(ckpt / 'model.safetensors')))
+        self.inner_ema.load_state_dict(load_file(str(ckpt / 'ema.safetensors')))
+        if self.text is not None and (ckpt / 'text.safetensors').is_file():
+            self.text.load_state_dict(load_file(str(ckpt / 'text.safetensors')))
+            self.encode.memo.clear()
+        self.opt.load_state_dict(state['opt'])
+        self.lr_sched.load_state_dict(state['lr_sched'])
+        self.ema_sched.load_state_dict(state['ema_sched'])
+        self.step = state['step']
+        mine = torch.load(ckpt / f'rank-{self.rank}.pt', map_location='cpu', weights_only=False)
+        self.data.load_state_dict(mine['data'])
+        set_rng_state(mine['rng'])
+        return ckpt
+
+    def log(self, metrics: dict, t0: float) -> None:
+        """Rank 0: one metrics.jsonl line per step; stdout every log_every steps."""
+        if not self.accelerator.is_main_process:
+            return
+        row = {k: v for k, v in metrics.items() if k != 'indices'}
+        row['time'] = round(time.time() - t0, 3)
+        with open(self.out_dir / 'metrics.jsonl', 'a') as f:
+            f.write(json.dumps(row) + '\n')
+        if self.step % self.config['training']['log_every'] == 0 or self.step == 1:
+            print(f"step {self.step}, loss {row['loss']:.5f}, lr {row['lr']:.3g}, ema {row['ema_decay']:.4f}",
+                  flush=True)
+
+    def _trim_metrics(self) -> None:
+        """Drop metrics.jsonl lines past the resumed step (a run that went on after its last checkpoint)."""
+        path = self.out_dir / 'metrics.jsonl'
+        if self.accelerator.is_main_process and path.is_file():
+            rows = [r for r in path.read_text().splitlines() if r and json.loads(r)['step'] <= self.step]
+            path.write_text(''.join(r + '\n' for r in rows))
+
+    def run(self, resume: Optional[Union[str, os.PathLike]] = None) -> 'Trainer':
+        """Train to training.steps, checkpointing every checkpoint_every steps and at the end."""
+        tc = self.config['training']
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume is not None:
+            ckpt = self.load(resume)
+            self.accelerator.print(f'resumed from {ckpt} at step {self.step}')
+        self._trim_metrics()
+        if self.accelerator.is_main_process:
+            (self.out_dir / 'config.json').write_text(json.dumps(self.config, indent=2))
+        t0 = time.time()
+        saved = self.step if resume is not None else -1
+        while self.step < tc['steps']:
+            self.log(self.train_step(), t0)
+            if self.step % tc['checkpoint_every'] == 0:
+                self.save()
+                saved = self.step
+        if saved != self.step:
+            self.save()
+        return self
+
+
