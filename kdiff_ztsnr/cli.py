@@ -17,6 +17,7 @@ with exit status 2.
 
 import argparse
 import json
+import os
 import sys
 from typing import Optional
 
@@ -53,6 +54,8 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
                    help='img2img strength (default: 0.7 with an init image, 0.5 with --enhance)')
     p.add_argument('--enhance', action='store_true', help='upscale the init image ×1.5, then img2img at 0.5')
     p.add_argument('--mask', default=None, help='inpainting mask image (white = repaint)')
+    p.add_argument('--lora', action='append', default=None, metavar='FILE[:WEIGHT]',
+                   help='apply a LoRA (kohya/A1111 or diffusers keys) to an SDXL model; repeatable (weight 1)')
     p.add_argument('--from-image', default=None, help="take every parameter from this PNG's metadata")
     p.add_argument('--out', default='out', help='output folder (default: out)')
     p.add_argument('--alpha-metadata', action='store_true', help='also embed the parameters in the alpha channel')
@@ -69,6 +72,9 @@ def params_from_args(args: argparse.Namespace, base_side: int) -> GenerationPara
                                            'sigma_max', 'resolution_aware', 'eta', 'seed', 'n_samples', 'width',
                                            'height', 'strength', 'cfg_rescale')}
     given = {k: v for k, v in given.items() if v is not None}
+    if args.lora:
+        from .models.sdxl.lora import parse_lora
+        given['loras'] = [list(parse_lora(s)) for s in args.lora]
     if 'sigma_max' in given and 'ztsnr' not in given:
         given['ztsnr'] = 'sigma_max'
     if args.init_image and 'strength' not in given and 'strength' not in base:
@@ -79,6 +85,14 @@ def params_from_args(args: argparse.Namespace, base_side: int) -> GenerationPara
     return p
 
 
+def quiet_libraries() -> None:
+    """No per-file loading bars from transformers/diffusers: the command prints its own progress."""
+    import diffusers
+    import transformers
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import warnings
     from .generation.generate import enhance_size, generate, upscale
@@ -87,9 +101,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .generation.metadata import read_metadata
     if (args.mask or args.enhance) and not args.init_image:
         raise ValueError('--mask and --enhance need --init-image')
+    for spec in args.lora or ():
+        from .models.sdxl.lora import parse_lora
+        if not os.path.isfile(parse_lora(spec)[0]):
+            raise FileNotFoundError(f'LoRA file not found: {parse_lora(spec)[0]} (--lora FILE[:WEIGHT])')
+    quiet_libraries()
     pipe = load_pipeline(args.model or (read_metadata(args.from_image).get('model', 'embedded')
                                         if args.from_image else 'embedded'))
     p = params_from_args(args, pipe.base_side)
+    if p.loras:
+        from .models.sdxl.lora import apply_loras
+        apply_loras(pipe, p.loras)
     init = mask = None
     if args.init_image:
         if args.enhance:

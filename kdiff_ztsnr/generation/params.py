@@ -6,7 +6,7 @@ noise_schedule, …) so that a PNG's metadata is a complete, re-runnable descrip
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 SCHEDULES = ('native', 'karras', 'exponential', 'polyexponential', 'recommended')
@@ -36,6 +36,7 @@ class GenerationParams:
     strength: float = 1.               # img2img strength (1: text-to-image)
     eta: Optional[float] = None        # ancestral/SDE η (None: the sampler's default)
     model: str = 'embedded'
+    loras: list = field(default_factory=list)  # [[file, weight], …]: LoRAs applied to the model when it is loaded
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,0 +1,92 @@
+"""LoRA files applied to an SDXL Pipeline for sampling: the UNet and both CLIP text encoders, each file at its weight.
+
+Key formats are diffusers' concern: `StableDiffusionXLPipeline.lora_state_dict` reads kohya/A1111 files
+(``lora_unet_*``, ``lora_te1_*``, ``lora_te2_*``) and diffusers/peft files (``unet.*``, ``text_encoder.*``,
+``text_encoder_2.*``) into one layout. The UNet part goes through diffusers' `load_lora_into_unet`; the text
+encoders' part is attached with peft directly (diffusers' own text-encoder path calls transformers'
+`load_adapter`, which refuses peft < 0.22, the newest on the registry here), with diffusers' converters and
+its `get_peft_kwargs` for the LoRA config. Weights are peft adapter scales, so a file at weight w changes the
+output as fusing w·ΔW into the weights does.
+"""
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from torch import nn
+
+from ...generation.pipeline import Pipeline
+
+LoraSpec = tuple[Union[str, os.PathLike], float]
+
+
+def parse_lora(spec: str) -> LoraSpec:
+    """'FILE[:WEIGHT]' → (FILE, WEIGHT); the weight defaults to 1 (a path may itself contain ':')."""
+    path, sep, weight = spec.rpartition(':')
+    if sep and path:
+        try:
+            return path, float(weight)
+        except ValueError:
+            pass
+    return spec, 1.
+
+
+def apply_loras(pipe: Pipeline, loras: Sequence[LoraSpec]) -> list[str]:
+    """Attach each LoRA file as a peft adapter of the pipeline's UNet and text encoders, scaled by its weight.
+
+    Returns the adapter names. Raises ValueError for a non-SDXL pipeline, a missing file, or a file with no
+    LoRA keys for this model.
+    """
+    from diffusers import StableDiffusionXLPipeline as SDXL
+    from diffusers.utils.peft_utils import set_weights_and_activate_adapters
+    if 'unet' not in pipe.components:
+        raise ValueError(f'--lora needs an SDXL-architecture model; {pipe.name} is not one')
+    unet, encoders = pipe.components['unet'], pipe.components['text'].encoders
+    names, weights, in_text = [], [], [[] for _ in encoders]
+    for i, (path, weight) in enumerate(loras):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f'LoRA file not found: {path}')
+        name = f'lora_{i}'
+        sd, alphas, meta = SDXL.lora_state_dict(str(path), unet_config=unet.config, return_lora_metadata=True)
+        if not sd or not all('lora' in k for k in sd):
+            raise ValueError(f'{path}: not a LoRA file (no lora keys)')
+        if any(k.startswith('unet.') for k in sd):
+            SDXL.load_lora_into_unet(sd, alphas, unet, adapter_name=name, metadata=meta)
+        for j, (enc, prefix) in enumerate(zip(encoders, ('text_encoder', 'text_encoder_2'))):
+            if _load_into_text_encoder(sd, alphas, meta, enc, prefix, name):
+                in_text[j].append((name, float(weight)))
+        names.append(name)
+        weights.append(float(weight))
+    unet_names = [(n, w) for n, w in zip(names, weights) if n in getattr(unet, 'peft_config', {})]
+    if unet_names:
+        unet.set_adapters([n for n, _ in unet_names], [w for _, w in unet_names])
+    for enc, pairs in zip(encoders, in_text):
+        if pairs:
+            set_weights_and_activate_adapters(enc, [n for n, _ in pairs], [w for _, w in pairs])
+    pipe.info['loras'] = [[str(p), float(w)] for p, w in loras]
+    return names
+
+
+def _load_into_text_encoder(sd: dict, alphas: Optional[dict], meta: Optional[dict], encoder: nn.Module, prefix: str,
+                            name: str) -> bool:
+    """Attach the `prefix.` part of a diffusers-layout LoRA state dict to a CLIP encoder as peft adapter `name`."""
+    from diffusers.utils.state_dict_utils import (StateDictType, convert_state_dict_to_diffusers,
+                                                  convert_state_dict_to_peft)
+    from diffusers.utils.peft_utils import get_peft_kwargs
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    part = {k[len(prefix) + 1:]: v for k, v in sd.items() if k.startswith(prefix + '.')}
+    if not part:
+        return False
+    old = any('_lora.down.' in k or '_lora.up.' in k for k in part)     # kohya files come out in this layout
+    part = convert_state_dict_to_peft(convert_state_dict_to_diffusers(part, StateDictType.DIFFUSERS_OLD if old else None))
+    if not hasattr(encoder, 'text_model'):                         # transformers' flattened CLIPTextModel
+        part = {k.removeprefix('text_model.'): v for k, v in part.items()}
+    if meta:
+        kwargs = {k[len(prefix) + 1:]: v for k, v in meta.items() if k.startswith(prefix + '.')}
+    else:
+        rank = {k: v.shape[1] for k, v in part.items() if k.endswith('lora_B.weight')}
+        own = {k[len(prefix) + 1:]: v for k, v in (alphas or {}).items() if k.split('.')[0] == prefix}
+        kwargs = get_peft_kwargs(rank, own, part, is_unet=False)
+    inject_adapter_in_model(LoraConfig(**kwargs), encoder, adapter_name=name)
+    set_peft_model_state_dict(encoder, part, adapter_name=name)
+    return True
