@@ -136,7 +136,9 @@ def test_sdxl_pipeline_equals_generate(tiny, sampler, kind):
     p = gen.GenerationParams(prompt='a cat', uc='lowres', steps=4, scale=5., cfg_rescale=0.7, seed=11,
                              width=64, height=64, sampler=sampler, noise_schedule=kind)
     want = package_latents(tiny, p)
-    pipe = diffusers_sdxl(tiny, ZTSNRScheduler.from_config(SDXL_CONFIG, sampler=sampler, schedule=kind))
+    from diffusers import EulerDiscreteScheduler
+    pipe = diffusers_sdxl(tiny, EulerDiscreteScheduler.from_config(SDXL_CONFIG))      # as loaded from a folder
+    pipe.scheduler = ZTSNRScheduler.from_config(pipe.scheduler.config, sampler=sampler, schedule=kind)  # README
     with torch.no_grad():
         got = pipe(**sdxl_embeds(tiny, p.prompt, p.uc), num_inference_steps=p.steps, guidance_scale=p.scale,
                    guidance_rescale=p.cfg_rescale, width=p.width, height=p.height, output_type='latent',
