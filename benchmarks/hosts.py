@@ -169,7 +169,8 @@ def main(argv=None):
              f'rescale {RESCALE}; exact = the package from σ = ∞', '', table, '',
              'Checks in StableDiffusionXLPipeline (1 seed, Euler, same steps): '
              f'diffusers EulerDiscreteScheduler (σ₀ {checks["euler_4096"]["sigma_0"]:.6g}) vs this emulation: rel. '
-             f'{checks["euler_4096"]["rel"]:.2e}; ZTSNRScheduler vs the package from ∞: rel. {checks["ztsnr"]["rel"]:.2e}',
+             f'{checks["euler_4096"]["rel"]:.2e}; ZTSNRScheduler vs the package from ∞: rel. '
+             f'{checks["ztsnr"]["rel"]:.2e}',
              f'({time.perf_counter() - t0:.0f} s)']
     text = '\n'.join(lines)
     print(text)

@@ -68,7 +68,8 @@ def test_sampler_and_schedule_names(fields, want):
 def test_reads_nai_comment(tmp_path):
     nai = {'prompt': 'completely black', 'steps': 28, 'height': 1216, 'width': 832, 'scale': 5.0, 'uncond_scale': 1.0,
            'cfg_rescale': 0.0, 'seed': 2412, 'n_samples': 1, 'noise_schedule': 'native', 'sampler': 'k_euler_ancestral',
-           'sm': False, 'sm_dyn': False, 'dynamic_thresholding': False, 'uc': 'lowres', 'request_type': 'PromptGenerateRequest'}
+           'sm': False, 'sm_dyn': False, 'dynamic_thresholding': False, 'uc': 'lowres',
+           'request_type': 'PromptGenerateRequest'}
     save_with_text(tmp_path / 'nai.png', Title='AI generated image', Software='NovelAI', Source='NovelAI Diffusion V3',
                    Comment=json.dumps(nai))
     d = read_metadata(tmp_path / 'nai.png')

@@ -9,6 +9,7 @@ from 4518.76 must not.
 import importlib.util
 import math
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -76,10 +77,15 @@ def load_pack(path: Path, name: str):
 
 @pytest.fixture(scope='module')
 def pack(comfy, tmp_path_factory):
-    """The README's install: copy the folder into custom_nodes/ (symlinking is the same for the import)."""
+    """The README's install: the folder its command prints, symlinked (and copied) into custom_nodes/."""
+    readme_cmd = "import os, kdiff_ztsnr.integrations.comfyui as m; print(os.path.dirname(m.__file__))"
+    folder = Path(subprocess.run([sys.executable, '-c', readme_cmd], capture_output=True, text=True, check=True,
+                                 cwd=PACK.parents[2]).stdout.strip())
+    assert folder.resolve() == PACK.resolve()
     custom_nodes = tmp_path_factory.mktemp('ComfyUI') / 'custom_nodes'
-    shutil.copytree(PACK, custom_nodes / 'kdiff-ztsnr', ignore=shutil.ignore_patterns('__pycache__'))
-    (custom_nodes / 'kdiff-ztsnr-link').symlink_to(PACK, target_is_directory=True)
+    custom_nodes.mkdir()
+    shutil.copytree(folder, custom_nodes / 'kdiff-ztsnr', ignore=shutil.ignore_patterns('__pycache__'))
+    (custom_nodes / 'kdiff-ztsnr-link').symlink_to(folder, target_is_directory=True)
     link = load_pack(custom_nodes / 'kdiff-ztsnr-link', 'kdiff_ztsnr_link_pack')
     assert set(link.NODE_CLASS_MAPPINGS) == {'KDiffZTSNRSamplerSelect', 'KDiffZTSNRSigmas'}
     return load_pack(custom_nodes / 'kdiff-ztsnr', 'kdiff_ztsnr_pack')
