@@ -147,3 +147,30 @@ def test_sdxl_pipeline_equals_generate(tiny, sampler, kind):
     # float32 rounding: measured 3e-6 … 1.5e-5 of max |latent| ≈ 1–2 (the UNet batches cond/uncond in the other
     # order, CFG ×5 amplifies); diffusers' own 4096 clamp moves the result ~1e-2 (benchmarks/results/hosts.md)
     assert (got - want).abs().max() <= 3e-5 * want.abs().max()
+
+
+@pytest.mark.parametrize('strength', [0.5, 1.])
+def test_sdxl_img2img_pipeline_equals_package(tiny, strength):
+    """StableDiffusionXLImg2ImgPipeline (init latents given directly) = img2img_start + the package's sampler."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    from kdiff_ztsnr.guidance import CFGDenoiser
+    steps, seed = 6, 4
+    x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(99))
+    sched = ZTSNRScheduler.from_config(SDXL_CONFIG, sampler='dpmpp_2m', schedule='karras')
+    parts = diffusers_sdxl(tiny, sched).components
+    pipe = StableDiffusionXLImg2ImgPipeline(**{k: parts[k] for k in ('vae', 'text_encoder', 'text_encoder_2',
+                                                                       'tokenizer', 'tokenizer_2', 'unet',
+                                                                       'scheduler')})
+    with torch.no_grad():
+        got = pipe(**sdxl_embeds(tiny, 'a cat', 'lowres'), image=x0, strength=strength, num_inference_steps=steps,
+                   guidance_scale=5., guidance_rescale=0.7, output_type='latent',
+                   generator=torch.Generator().manual_seed(seed)).images
+        noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
+        x, sigmas = img2img_start(x0, noise, schedule_sigmas(tiny.denoiser, 'karras', steps), strength)
+        assert math.isinf(sigmas[0]) == (strength == 1.)
+        size = tiny.size_cond(64, 64, 1)
+        cond = {'cond': {**tiny.encode_prompts(['a cat']), **size},
+                'uncond': {**tiny.encode_prompts(['lowres']), **size}}
+        want = SAMPLERS['dpmpp_2m'](CFGDenoiser(tiny.denoiser, 5., 0.7, cond_key=None), x, sigmas, extra_args=cond,
+                                    disable=True)
+    assert (got - want).abs().max() <= 3e-5 * want.abs().max()
