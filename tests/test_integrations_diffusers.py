@@ -48,6 +48,9 @@ def test_from_config_and_first_timestep():
     assert abs(s.sigmas[1].item() - 56.18) < 0.01                    # the report's native schedule
     n = torch.randn(1, 4, 8, 8)
     assert torch.equal(s.scale_model_input(n, s.timesteps[0]), n)  # the bypass: the network sees n
+    s.set_timesteps(timesteps=[999, 500, 100])                        # custom timesteps (pipeline `timesteps=`)
+    assert math.isinf(s.sigmas[0]) and len(s.sigmas) == 4 and s.sigmas[-1] == 0
+    torch.testing.assert_close(s.timesteps, torch.tensor([999., 500., 100.]))
     s.set_timesteps(sigmas=[100., 10., 1.])                          # custom sigmas: finite start
     assert s.init_noise_sigma == 100. and s.sigmas.tolist()[-1] == 0
     with pytest.raises(ValueError, match='v-prediction'):
@@ -174,3 +177,15 @@ def test_sdxl_img2img_pipeline_equals_package(tiny, strength):
         want = SAMPLERS['dpmpp_2m'](CFGDenoiser(tiny.denoiser, 5., 0.7, cond_key=None), x, sigmas, extra_args=cond,
                                     disable=True)
     assert (got - want).abs().max() <= 3e-5 * want.abs().max()
+
+
+def test_pipeline_save_and_reload_keeps_the_scheduler(tiny, tmp_path):
+    """save_pretrained records kdiff_ztsnr.integrations.diffusers.ZTSNRScheduler; from_pretrained (with the
+    module imported, as diffusers requires for components outside its libraries) gives it back, config intact."""
+    from diffusers import StableDiffusionXLPipeline
+    diffusers_sdxl(tiny, scheduler(sampler='dpmpp_2m', schedule='native')).save_pretrained(tmp_path / 'p')
+    index = (tmp_path / 'p' / 'model_index.json').read_text()
+    assert '"kdiff_ztsnr.integrations.diffusers"' in index and '"ZTSNRScheduler"' in index
+    back = StableDiffusionXLPipeline.from_pretrained(tmp_path / 'p')
+    assert isinstance(back.scheduler, ZTSNRScheduler)
+    assert (back.scheduler.config.sampler, back.scheduler.config.schedule) == ('dpmpp_2m', 'native')
