@@ -180,3 +180,13 @@ def test_brownian_seed(comfy):
     assert isinstance(ns, BrownianTreeNoiseSampler)
     with pytest.raises(ValueError, match='unknown sampler'):
         comfy_sampler.exact_sampler_function('dpm_fast')
+
+
+def test_model_without_ztsnr_keeps_finite_schedules():
+    """A plain v-pred model (σ_max 14.6): no σ = ∞ anywhere, the sampler is k-diffusion's unchanged."""
+    class PlainVPred:
+        sigmas = schedules.sigmas_from_alphas_cumprod(schedules.sdxl_alphas_cumprod()).float()
+        sigma_max = sigmas[-1]
+    sigmas = comfy_sampler.comfy_sigmas(PlainVPred(), 'karras', 6)
+    assert sigmas[0] == pytest.approx(schedules.SDXL_SIGMA_MAX, rel=1e-6) and len(sigmas) == 7
+    assert not comfy_sampler.starts_at_top(sigmas, float(PlainVPred.sigma_max))

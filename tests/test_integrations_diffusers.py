@@ -147,9 +147,16 @@ def test_sdxl_pipeline_equals_generate(tiny, sampler, kind):
                    guidance_rescale=p.cfg_rescale, width=p.width, height=p.height, output_type='latent',
                    generator=torch.Generator().manual_seed(p.seed)).images
     assert pipe.scheduler.timesteps[0] == 999.
-    # float32 rounding: measured 3e-6 … 1.5e-5 of max |latent| ≈ 1–2 (the UNet batches cond/uncond in the other
-    # order, CFG ×5 amplifies); diffusers' own 4096 clamp moves the result ~1e-2 (benchmarks/results/hosts.md)
-    assert (got - want).abs().max() <= 3e-5 * want.abs().max()
+    assert (got - want).abs().max() <= float32_tolerance(pipe.scheduler.sigmas, want, p.seed)
+
+
+def float32_tolerance(sigmas: torch.Tensor, want: torch.Tensor, seed: int) -> float:
+    """float32 rounding of the two runs. The UNet sees cond/uncond in the other order (≈1e-6 apart), and the step
+    from the largest finite σ cancels the state x ≈ σ·n, so a difference there survives as ~1 ulp of σ·max|n|
+    (measured 4.9e-4 at σ = 2254 with one CPU thread, 1.6e-7 with two, where the UNet agreed bit for bit)."""
+    n = torch.randn(want.shape, generator=torch.Generator().manual_seed(seed))
+    sigma = sigmas[torch.isfinite(sigmas)].max().item()
+    return 3e-5 * want.abs().max().item() + 2 * torch.finfo(torch.float32).eps * sigma * n.abs().max().item()
 
 
 @pytest.mark.parametrize('strength', [0.5, 1.])
@@ -176,7 +183,7 @@ def test_sdxl_img2img_pipeline_equals_package(tiny, strength):
                 'uncond': {**tiny.encode_prompts(['lowres']), **size}}
         want = SAMPLERS['dpmpp_2m'](CFGDenoiser(tiny.denoiser, 5., 0.7, cond_key=None), x, sigmas, extra_args=cond,
                                     disable=True)
-    assert (got - want).abs().max() <= 3e-5 * want.abs().max()
+    assert (got - want).abs().max() <= float32_tolerance(sigmas, want, seed)
 
 
 def test_pipeline_save_and_reload_keeps_the_scheduler(tiny, tmp_path):
