@@ -9,6 +9,7 @@ in the alpha LSB, column by column. `read_metadata` reads any of the three back.
 import gzip
 import json
 import re
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -16,34 +17,116 @@ from PIL import Image, PngImagePlugin
 
 STEALTH_MAGIC = b'stealth_pngcomp'
 
-# A1111 labels for the parameters (order kept when writing).
-A1111_KEYS = {'steps': 'Steps', 'sampler': 'Sampler', 'scale': 'CFG scale', 'seed': 'Seed',
-              'cfg_rescale': 'CFG rescale', 'noise_schedule': 'Schedule type', 'ztsnr': 'ZTSNR',
-              'sigma_max': 'Sigma max', 'resolution_aware': 'Resolution-aware sigma', 'strength': 'Denoising strength',
-              'eta': 'Eta', 'n_samples': 'Batch size', 'model': 'Model'}
+# A1111 labels for the parameters (order kept when writing); A1111/Forge's own fields first, as they write them.
+A1111_KEYS = {'steps': 'Steps', 'sampler': 'Sampler', 'noise_schedule': 'Schedule type', 'scale': 'CFG scale',
+              'seed': 'Seed', 'model': 'Model', 'strength': 'Denoising strength', 'cfg_rescale': 'CFG rescale',
+              'ztsnr': 'ZTSNR', 'sigma_max': 'Sigma max', 'resolution_aware': 'Resolution-aware sigma', 'eta': 'Eta',
+              'n_samples': 'Batch size', 'loras': 'LoRAs'}   # LoRAs: [[file, weight], …] as JSON (ours)
+# A1111/Forge sampler and "Schedule type" names (what they, Civitai and A1111's PNG Info read back).
+A1111_SAMPLERS = {'euler': 'Euler', 'euler_ancestral': 'Euler a', 'heun': 'Heun', 'dpm_2': 'DPM2',
+                  'dpm_2_ancestral': 'DPM2 a', 'lms': 'LMS', 'dpm_fast': 'DPM fast', 'dpm_adaptive': 'DPM adaptive',
+                  'dpmpp_2s_ancestral': 'DPM++ 2S a', 'dpmpp_sde': 'DPM++ SDE', 'dpmpp_2m': 'DPM++ 2M',
+                  'dpmpp_2m_sde': 'DPM++ 2M SDE', 'dpmpp_3m_sde': 'DPM++ 3M SDE'}
+A1111_SCHEDULES = {'native': 'Uniform', 'karras': 'Karras', 'exponential': 'Exponential',
+                   'polyexponential': 'Polyexponential', 'recommended': 'Karras'}   # recommended is Karras (ρ 7)
+ZTSNR_NOISE_SCHEDULE = 'Zero Terminal SNR'        # Forge/A1111's "Noise Schedule" value for ZTSNR sampling
+_MODEL_HASHES: dict = {}
+
+
+def model_hash(model) -> Optional[str]:
+    """A1111's "Model hash" (AutoV2: the first 10 hex digits of the file's SHA-256), None if not a file."""
+    import hashlib
+    import os
+    if not model or not os.path.isfile(str(model)):
+        return None
+    st = os.stat(str(model))
+    key = (os.path.abspath(str(model)), st.st_size, st.st_mtime)
+    if key not in _MODEL_HASHES:
+        h = hashlib.sha256()
+        with open(str(model), 'rb') as f:
+            for block in iter(lambda: f.read(1 << 20), b''):
+                h.update(block)
+        _MODEL_HASHES[key] = h.hexdigest()[:10]
+    return _MODEL_HASHES[key]
+
+
+def _quote(value) -> str:
+    """A1111's rule: a value holding ',', ':' or a newline is written as a JSON string."""
+    text = str(value)
+    return json.dumps(text) if any(c in text for c in ',:\n"') else text
+
+
+def _a1111_value(key: str, value):
+    if key == 'sampler':
+        return A1111_SAMPLERS.get(value, value)
+    if key == 'noise_schedule':
+        return A1111_SCHEDULES.get(value, value)
+    if key == 'loras':
+        return json.dumps(value)
+    if key == 'model' and value != 'embedded':
+        return Path(str(value)).stem or value                       # A1111 writes the checkpoint's name
+    return value
 
 
 def a1111_text(params: dict) -> str:
-    """The A1111 `parameters` text of a parameter dict."""
-    fields = [f'{label}: {json.dumps(params[k]) if isinstance(params[k], str) else params[k]}'
-              for k, label in A1111_KEYS.items() if k in params]
-    fields.insert(4, f'Size: {params["width"]}x{params["height"]}')
+    """The A1111 `parameters` text of a parameter dict, with the fields A1111/Forge and Civitai read back."""
+    fields = [f'{label}: {_quote(_a1111_value(k, params[k]))}' for k, label in A1111_KEYS.items()
+              if k in params and (k != 'loras' or params[k])]
+    fields.insert(5, f'Size: {params["width"]}x{params["height"]}')
+    digest = params.get('model_hash') or model_hash(params.get('model'))
+    if digest:
+        fields.insert(6, f'Model hash: {digest}')
+    fields += ['RNG: CPU', f'Noise Schedule: {ZTSNR_NOISE_SCHEDULE}', 'Version: kdiff-ztsnr']
     return f'{params["prompt"]}\nNegative prompt: {params["uc"]}\n' + ', '.join(fields)
 
 
+def _from_a1111(out: dict, label: str, value) -> None:
+    """One A1111 field into parameters: package names for samplers/schedules, legacy "DPM++ 2M Karras" split."""
+    if label == 'Sampler':
+        value = str(value)
+        for kind in ('Karras', 'Exponential'):                      # A1111 < 1.9: the schedule in the name
+            if value.endswith(' ' + kind):
+                value, out['noise_schedule'] = value[:-len(kind) - 1], kind.lower()
+        out['sampler'] = {v: k for k, v in A1111_SAMPLERS.items()}.get(value, value)
+    elif label == 'Schedule type':
+        names = {v: k for k, v in A1111_SCHEDULES.items() if k != 'recommended'}
+        if value != 'Automatic':                                     # Automatic: the sampler's default
+            out['noise_schedule'] = names.get(value, value)
+    elif label == 'Size':
+        out['width'], out['height'] = map(int, str(value).split('x'))
+    elif label == 'Model hash':
+        out['model_hash'] = str(value)
+    elif label == 'RNG':
+        out['rng'] = value
+    elif label == 'LoRAs':
+        out['loras'] = json.loads(value)
+    elif label == 'Noise Schedule':
+        out['zero_terminal_snr'] = value == ZTSNR_NOISE_SCHEDULE
+    elif label in _LABELS:
+        out[_LABELS[label]] = value
+
+
+_LABELS = {v: k for k, v in A1111_KEYS.items()}
+
+
 def parse_a1111(text: str) -> dict:
-    """Inverse of `a1111_text` (also reads the common fields of A1111's own output)."""
+    """Parameters from A1111/Forge infotext (ours or theirs): prompt, negative, then "Label: value" fields."""
     body, _, last = text.rpartition('\n')
     prompt, _, uc = body.partition('\nNegative prompt: ')
     if not _ and body.startswith('Negative prompt: '):
         prompt, uc = '', body[len('Negative prompt: '):]
-    out = {'prompt': prompt, 'uc': uc}
-    labels = {v: k for k, v in A1111_KEYS.items()}
-    for label, value in re.findall(r'\s*([\w -]+): ("(?:[^"\\]|\\.)*"|[^,]*)(?:,|$)', last):
-        if label == 'Size':
-            out['width'], out['height'] = map(int, value.split('x'))
-        elif label in labels:
-            out[labels[label]] = json.loads(value) if value[:1] == '"' else _number(value)
+    out = {'prompt': prompt, 'uc': uc, 'loras': []}
+    for label, value in re.findall(r'\s*([\w .+/()-]+): ("(?:[^"\\]|\\.)*"|[^,]*)(?:,|$)', last):
+        _from_a1111(out, label.strip(), json.loads(value) if value[:1] == '"' else _number(value))
+    return out
+
+
+def from_nai(params: dict) -> dict:
+    """NAI `Comment` JSON into parameters: NAI's sampler names k_euler_ancestral, k_dpmpp_2m, … lose the k_."""
+    out = dict(params)
+    sampler = out.get('sampler')
+    if isinstance(sampler, str) and sampler.startswith('k_') and sampler[2:] in A1111_SAMPLERS:
+        out['sampler'] = sampler[2:]
     return out
 
 
@@ -96,12 +179,13 @@ def save_png(image: Image.Image, path: str, params: dict, alpha: bool = False) -
 
 
 def read_metadata(path: str) -> dict:
-    """Parameters from a PNG: the JSON Comment, else A1111 `parameters`, else the alpha channel."""
+    """Parameters from a PNG: the JSON Comment (ours or NAI's), else A1111/Forge `parameters`, else the alpha
+    channel. A1111 names come back as the package's (Euler a → euler_ancestral, Karras → karras, …)."""
     with Image.open(path) as im:
         im.load()
         text = getattr(im, 'text', {}) or {}
         if 'Comment' in text:
-            return json.loads(text['Comment'])
+            return from_nai(json.loads(text['Comment']))
         if 'parameters' in text:
             return parse_a1111(text['parameters'])
         found = read_alpha(im)

@@ -30,3 +30,12 @@ def sdxl_pipeline(unet: nn.Module, vae: nn.Module, text: TextConditioner, alphas
                     base_side=BASE_SIDE, size_multiple=f, max_chunks=text.chunk_kwargs['max_chunks'],
                     size_cond=functools.partial(size_cond, device=device), name=info.get('name', 'sdxl'),
                     info=dict(info), components={'unet': unet, 'vae': vae, 'text': text})
+
+
+def to_diffusers(pipe: Pipeline, scheduler):
+    """The same loaded modules as diffusers' `StableDiffusionXLPipeline` with the given scheduler (no copy)."""
+    from diffusers import StableDiffusionXLPipeline
+    c = pipe.components
+    return StableDiffusionXLPipeline(vae=c['vae'], text_encoder=c['text'].encoders[0],
+                                     text_encoder_2=c['text'].encoders[1], tokenizer=c['text'].tokenizers[0],
+                                     tokenizer_2=c['text'].tokenizers[1], unet=c['unet'], scheduler=scheduler)
