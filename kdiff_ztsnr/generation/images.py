@@ -1,9 +1,13 @@
 """Image files in and out of generation: init images and masks as tensors, and the output PNGs.
 
-Images are [B, 3, H, W] tensors in [−1, 1]. Output files are named by seed.
+Images are [B, 3, H, W] tensors in [−1, 1]. Output files are named ``NNNNN-SEED.png``: a running index (one
+more than the largest in the folder) and the sample's seed. A file is created exclusively, so an existing
+file is never overwritten; if writing fails, every image is kept in a fresh temporary folder that the error names.
 """
 
 import os
+import re
+import tempfile
 
 import numpy as np
 import torch
@@ -35,14 +39,53 @@ def to_pil(image: Tensor):
     return Image.fromarray(arr)
 
 
-def save_images(images: Tensor, p: GenerationParams, out: str, alpha: bool = False) -> list[str]:
-    """Write each image with its own parameters (seed + i, n_samples 1) as PNG metadata; returns the paths."""
+NAME = re.compile(r'^(\d{5,})-\d+\.png$')
+
+
+def prepare_out(out: str) -> None:
+    """Create the output folder and prove it writable, before any work is done."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f'--out {out} is a file; give a folder for the images')
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise OSError(f'--out {out} is not a writable folder: {e.strerror or e}') from e
+
+
+def next_index(out: str) -> int:
+    """One more than the largest running index in the folder (0 for an empty folder)."""
+    found = [int(m.group(1)) for m in map(NAME.match, os.listdir(out)) if m]
+    return max(found, default=-1) + 1
+
+
+def _write(images: Tensor, p: GenerationParams, out: str, alpha: bool) -> list[str]:
     from .metadata import save_png
-    os.makedirs(out, exist_ok=True)
-    paths = []
+    paths, index = [], next_index(out)
     for i, img in enumerate(images):
         params = {**p.to_dict(), 'seed': p.seed + i, 'n_samples': 1}
-        path = os.path.join(out, f'{p.seed + i:08d}.png')
-        save_png(to_pil(img), path, params, alpha=alpha)
+        while True:
+            path = os.path.join(out, f'{index:05d}-{p.seed + i}.png')
+            index += 1
+            try:
+                with open(path, 'xb') as f:               # exclusive: never replaces a file
+                    save_png(to_pil(img), f, params, alpha=alpha)
+                break
+            except FileExistsError:
+                continue
         paths.append(path)
     return paths
+
+
+def save_images(images: Tensor, p: GenerationParams, out: str, alpha: bool = False) -> list[str]:
+    """Write each image with its own parameters (seed + i, n_samples 1) as PNG metadata; returns the paths.
+
+    If the folder cannot be written, the images go to a new temporary folder and the OSError says where."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        return _write(images, p, out, alpha)
+    except OSError as e:
+        rescue = tempfile.mkdtemp(prefix='kdiff-ztsnr-rescue-')
+        _write(images, p, rescue, alpha)
+        raise OSError(f'could not write the images to {out} ({e.strerror or e}); they were saved to {rescue}') from e

@@ -179,8 +179,9 @@ def _special_ids(tokenizer, pad_id: int | None) -> tuple[int, int, int]:
 def _overflow(tokenizer, ids: list[int], bounds, max_chunks: int, chunk_len: int, truncate: bool) -> str:
     """Dropped text of a prompt longer than max_chunks chunks: raise, or warn if truncating."""
     dropped = tokenizer.decode(ids[bounds[max_chunks][0]:])
+    shown = dropped if len(dropped) <= 200 else f'{dropped[:200]}… ({len(dropped) - 200} more characters)'
     msg = (f'prompt is {len(ids)} tokens in {len(bounds)} chunks, more than max_chunks={max_chunks} '
-           f'(≤ {max_chunks * chunk_len} tokens); dropped text: {dropped!r}')
+           f'(≤ {max_chunks * chunk_len} tokens); dropped text: {shown!r}')
     if not truncate:
         raise ValueError(msg + '. Shorten the prompt, raise max_chunks, or pass truncate=True.')
     warnings.warn(msg, stacklevel=3)
