@@ -85,7 +85,8 @@ def read_checkpoint(path: PathLike) -> dict[str, Tensor]:
     """A single-file state dict (.safetensors; .ckpt/.pt through torch.load(weights_only=True))."""
     path = Path(path)
     if path.suffix == '.safetensors':
-        return load_file(str(path))
+        from ..checkpoint import load_safetensors
+        return load_safetensors(path)
     sd = torch.load(path, map_location='cpu', weights_only=True)
     return sd.get('state_dict', sd)
 
