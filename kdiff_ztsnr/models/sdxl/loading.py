@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ...generation.pipeline import Pipeline
