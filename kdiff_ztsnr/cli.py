@@ -110,6 +110,12 @@ def check_sample_args(args: argparse.Namespace) -> dict:
     given_params(args)
     if args.prompt is None and meta.get('prompt') is None:
         raise ValueError('give a prompt (or --from-image)')
+    from .text.tokens import parse_emphasis
+    for opt, text in (('prompt', args.prompt or meta.get('prompt')), ('--uc', args.uc or meta.get('uc'))):
+        try:
+            parse_emphasis(text or '')
+        except ValueError as e:
+            raise ValueError(f'{opt}: {e}') from None
     for opt, path in (('--init-image', args.init_image), ('--mask', args.mask)):
         if path is not None and not os.path.isfile(path):
             raise ValueError(f'{opt} {path}: no such file')

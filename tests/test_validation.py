@@ -58,6 +58,7 @@ def no_sampling(monkeypatch):
     (['--strength', '0.5'], ['--strength needs --init-image']),
     (['--mask', 'm.png'], ['--mask and --enhance need --init-image']),
     (['--init-image', 'nowhere.png'], ['--init-image nowhere.png', 'no such file']),
+    (['--uc', '(' * 5000 + 'x'], ['--uc: emphasis gives', 'at most 100']),
 ])
 def test_bad_options_refused_before_loading(opts, match, tmp_path, capsys, no_model):
     expect_error(['sample', 'x', '--out', tmp_path / 'o', *opts], match, capsys)
