@@ -3,6 +3,7 @@ valid, raised before any model call; outputs never overwritten; finished images 
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -141,7 +142,10 @@ def test_failed_save_keeps_images(tmp_path):
     with pytest.raises(OSError, match='they were saved to') as e:
         save_images(torch.zeros(2, 3, 8, 8), GenerationParams(prompt='x', width=8, height=8), str(tmp_path / 'file'))
     rescue = str(e.value).rsplit(' ', 1)[1]
-    assert sorted(os.listdir(rescue)) == ['00000-0.png', '00001-1.png']
+    try:
+        assert sorted(os.listdir(rescue)) == ['00000-0.png', '00001-1.png']
+    finally:
+        shutil.rmtree(rescue)
 
 
 @pytest.mark.parametrize('args, match', [
@@ -175,3 +179,22 @@ def test_every_field_valid_or_named_error(key, value):
         assert value in f.choices
     elif f.kind in (int, float):
         assert f.lo <= value <= f.hi
+
+
+def test_16bit_grayscale_init_is_scaled(tmp_path):
+    from kdiff_ztsnr.generation.images import load_image
+    ramp = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / 'g16.png')
+    x = load_image(tmp_path / 'g16.png', 16, 16)
+    assert abs(x.mean().item()) < 0.02 and x.min() < -0.95 and x.max() > 0.95    # a ramp, not white
+
+
+def test_checkpoint_files_follow_umask(tmp_path):
+    import torch
+    from kdiff_ztsnr.models.checkpoint import save_weights
+    umask = os.umask(0o022)
+    try:
+        save_weights(torch.nn.Linear(2, 2), tmp_path / 'w.safetensors', {})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / 'w.safetensors').stat().st_mode & 0o777 == 0o644

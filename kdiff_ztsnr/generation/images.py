@@ -21,10 +21,22 @@ def load_image(path: str, width: int, height: int) -> Tensor:
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as im:
-            im = im.convert('RGB').resize((width, height), Image.BICUBIC)
-    except (OSError, UnidentifiedImageError) as e:
+            im = to_rgb8(im).resize((width, height), Image.BICUBIC)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise ValueError(f'cannot read image {path}: {e}') from e
     return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def to_rgb8(im):
+    """8-bit RGB of any PIL image; 16-bit and 32-bit grayscale are scaled, not clipped to white."""
+    from PIL import Image
+    if im.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535. if im.mode.startswith('I;16') or a.max() <= 65535 else 2 ** 32 - 1
+        return Image.fromarray(np.round(a.clip(0, top) * (255 / top)).astype(np.uint8)).convert('RGB')
+    if im.mode == 'F':
+        return Image.fromarray(np.round(np.asarray(im).clip(0, 1) * 255).astype(np.uint8)).convert('RGB')
+    return im.convert('RGB')
 
 
 def load_mask(path: str, width: int, height: int) -> Tensor:
@@ -43,15 +55,19 @@ NAME = re.compile(r'^(\d{5,})-\d+\.png$')
 
 
 def prepare_out(out: str) -> None:
-    """Create the output folder and prove it writable, before any work is done."""
+    """Prove the output folder writable (or creatable) before any work is done; nothing is created yet."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f'--out {out} is a file; give a folder for the images')
+    folder = os.path.abspath(out)
+    while not os.path.exists(folder):                    # the nearest existing ancestor will hold it
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f'--out {out}: {folder} is a file, so the folder cannot be created')
     try:
-        os.makedirs(out, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise OSError(f'--out {out} is not a writable folder: {e.strerror or e}') from e
+        raise OSError(f'--out {out} is not a writable folder ({folder}: {e.strerror or e})') from e
 
 
 def next_index(out: str) -> int:
