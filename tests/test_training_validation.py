@@ -192,3 +192,13 @@ def test_fuzz_json_config_files(tmp_path_factory, text):
         load_training_config(path)
     except ValueError as e:
         assert 'c.json' in str(e)
+
+
+def test_resaving_a_step_keeps_a_checkpoint(tmp_path):
+    from kdiff_ztsnr import training
+    tr = training.Trainer(tiny_config(tmp_path, steps=1)).run()
+    first = (tmp_path / 'checkpoint-00000001' / 'model.safetensors').read_bytes()
+    tr.save()                                           # the same step again
+    assert (tmp_path / 'latest').read_text() == 'checkpoint-00000001'
+    assert (tmp_path / 'checkpoint-00000001' / 'model.safetensors').read_bytes() == first
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('checkpoint')) == ['checkpoint-00000001']

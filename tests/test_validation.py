@@ -198,3 +198,10 @@ def test_checkpoint_files_follow_umask(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / 'w.safetensors').stat().st_mode & 0o777 == 0o644
+
+
+def test_long_prompt_output_is_bounded(capsys):
+    assert cli.main(['tokenize', 'cat ' * 5000]) == 0
+    out = capsys.readouterr().out
+    dropped = [ln for ln in out.splitlines() if ln.startswith('dropped')]
+    assert len(dropped) == 1 and len(dropped[0]) < 400 and 'more characters)' in dropped[0]

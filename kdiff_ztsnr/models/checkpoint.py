@@ -102,16 +102,18 @@ def check_trusted(config: dict, path: PathLike, trust_module: bool = False) -> N
 def load_trained(path: PathLike, ema: bool = True, device='cpu',
                  trust_module: bool = False) -> tuple[DiscreteVDenoiser, Optional[TextConditioner], dict]:
     """(denoiser, text conditioner or None, metadata) from a checkpoint directory or out_dir, for sampling."""
-    from ..training.config import load_training_config
     ckpt = resolve_checkpoint(path)
     weights = ckpt / ('ema.safetensors' if ema else 'model.safetensors')
     meta = read_metadata(weights)
-    check_trusted(meta['config'], weights, trust_module)
-    config = meta['config'] = load_training_config(weights)      # validated like a user's config
-    text = build_text(config['text'])
+    config = meta['config']
+    check_trusted(config, weights, trust_module)
+    try:
+        text = build_text(config['text'])
+        inner = build_model(config)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:   # a config not written by the trainer
+        raise ValueError(f'{weights}: its config cannot build a model ({type(e).__name__}: {e})') from None
     if text is not None and (ckpt / 'text.safetensors').is_file():
         load_weights(text, ckpt / 'text.safetensors')
-    inner = build_model(config)
     load_weights(inner, weights)
     model = build_denoiser(config, inner).eval().requires_grad_(False).to(device)
     return model, (None if text is None else text.to(device)), meta

@@ -218,6 +218,7 @@ class Trainer:
         An out_dir holding a previous run is refused unless resuming (or overwrite=True: it is cleared)."""
         tc = self.config['training']
         runs.check_out_dir(self.out_dir, resume, overwrite)
+        self.accelerator.wait_for_everyone()                   # every rank checked before rank 0 writes
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume is not None:
             ckpt = self.load(resume)
