@@ -46,6 +46,11 @@ class GenerationParams:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def fmt(x: float) -> str:
+    """A bound as written: integers exactly, other numbers short."""
+    return str(int(x)) if float(x).is_integer() else f'{x:g}'
+
+
 @dataclass(frozen=True)
 class Field:
     """One parameter's schema: its type, an inclusive range or choices, whether None is allowed."""
@@ -61,9 +66,9 @@ class Field:
             return 'one of ' + ', '.join(self.choices)
         what = {int: 'an integer', float: 'a finite number', str: 'a string', bool: 'true or false'}[self.kind]
         if self.lo is not None and self.hi is not None:
-            what += f' in [{self.lo:g}, {self.hi:g}]'
+            what += f' in [{fmt(self.lo)}, {fmt(self.hi)}]'
         elif self.hi is not None:
-            what += f' of at most {self.hi:g}'
+            what += f' of at most {fmt(self.hi)}'
         return what + (' (or none)' if self.optional else '')
 
 

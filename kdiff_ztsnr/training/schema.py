@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 
+def fmt(x: float) -> str:
+    """A bound as written: integers exactly, other numbers short."""
+    return str(int(x)) if float(x).is_integer() else f'{x:g}'
+
+
 @dataclass(frozen=True)
 class Key:
     kind: tuple                          # accepted Python types, e.g. (int,), (float,), (str,), (list,)
@@ -32,8 +37,8 @@ class Key:
                                 list: 'a list', dict: 'an object'}[k] for k in self.kind)
             if self.lo is not None or self.hi is not None:
                 left = '(' if self.gt else '['
-                what += f" in {left}{'-inf' if self.lo is None else f'{self.lo:g}'}, " \
-                        f"{'inf' if self.hi is None else f'{self.hi:g}'}]"
+                what += f" in {left}{'-inf' if self.lo is None else f'{fmt(self.lo)}'}, " \
+                        f"{'inf' if self.hi is None else f'{fmt(self.hi)}'}]"
         if self.item is not None:
             what += f' of items {self.item.describe()}'
         if self.length:
