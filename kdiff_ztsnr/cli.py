@@ -4,8 +4,8 @@
     kdiff-ztsnr sample "red circle" --init-image in.png --strength 0.6      # img2img
     kdiff-ztsnr sample "red circle" --init-image in.png --enhance           # ×1.5 then img2img at 0.5
     kdiff-ztsnr sample "red circle" --init-image in.png --mask mask.png     # inpaint (white = repaint)
-    kdiff-ztsnr sample --from-image out/00000.png                           # re-run from metadata
-    kdiff-ztsnr inspect out/00000.png
+    kdiff-ztsnr sample --from-image out/00000-0.png                          # re-run from metadata
+    kdiff-ztsnr inspect out/00000-0.png
     kdiff-ztsnr tokenize "a prompt, {emphasis}, (weight:1.2)"
     kdiff-ztsnr demo                                                       # the regime grid (report Fig. 2)
     kdiff-ztsnr train --config examples/train_tiny.json
@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Optional
 
-from .generation.params import REGIMES, SAMPLER_NAMES, SCHEDULES, GenerationParams
+from .generation.params import REGIMES, SAMPLER_NAMES, SCHEDULES, GenerationParams, check_fields, check_params
 
 Formatter = argparse.ArgumentDefaultsHelpFormatter
 
@@ -60,18 +60,35 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--out', default='out', help='output folder (default: out)')
     p.add_argument('--alpha-metadata', action='store_true', help='also embed the parameters in the alpha channel')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
+    p.add_argument('--no-size-limit', action='store_true',
+                   help='allow sizes past 8192 px a side, 2^26 pixels a batch, 256 samples, 10000 steps')
 
 
-def params_from_args(args: argparse.Namespace, base_side: int) -> GenerationParams:
-    """Metadata of --from-image (if any), overridden by every option given on the command line."""
+GIVEN = ('prompt', 'uc', 'steps', 'scale', 'sampler', 'noise_schedule', 'ztsnr', 'sigma_max', 'resolution_aware',
+         'eta', 'seed', 'n_samples', 'width', 'height', 'strength', 'cfg_rescale')
+
+
+def given_params(args: argparse.Namespace) -> dict:
+    """The parameters given on the command line, each checked against params.FIELDS."""
+    given = {k: getattr(args, k) for k in GIVEN if getattr(args, k) is not None}
+    check_fields(given)
+    return given
+
+
+def read_params(path: str) -> dict:
+    """--from-image metadata, checked like command-line values (types, ranges, choices)."""
     from .generation.metadata import read_metadata
-    base = read_metadata(args.from_image) if args.from_image else {}
+    meta = read_metadata(path)
+    check_fields(meta, where=f'--from-image {path}: ')
+    return meta
+
+
+def params_from_args(args: argparse.Namespace, base_side: int, base: Optional[dict] = None) -> GenerationParams:
+    """Metadata of --from-image (if any), overridden by every option given on the command line."""
+    base = dict(read_params(args.from_image) if base is None and args.from_image else base or {})
     base.setdefault('width', base_side)                          # image pixels
     base.setdefault('height', base['width'])
-    given = {k: getattr(args, k) for k in ('prompt', 'uc', 'steps', 'scale', 'sampler', 'noise_schedule', 'ztsnr',
-                                           'sigma_max', 'resolution_aware', 'eta', 'seed', 'n_samples', 'width',
-                                           'height', 'strength', 'cfg_rescale')}
-    given = {k: v for k, v in given.items() if v is not None}
+    given = given_params(args)
     if args.lora:
         from .models.sdxl.lora import parse_lora
         given['loras'] = [list(parse_lora(s)) for s in args.lora]
@@ -79,6 +96,8 @@ def params_from_args(args: argparse.Namespace, base_side: int) -> GenerationPara
         given['ztsnr'] = 'sigma_max'
     if args.init_image and 'strength' not in given and 'strength' not in base:
         given['strength'] = 0.5 if args.enhance else 0.7
+    if not args.init_image:
+        base.pop('strength', None)                               # text-to-image: strength is not used
     p = GenerationParams.from_dict({**base, **given, 'model': args.model or base.get('model', 'embedded')})
     if p.prompt is None:
         raise ValueError('give a prompt (or --from-image)')
@@ -93,38 +112,61 @@ def quiet_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
 
 
+def check_sample_args(args: argparse.Namespace) -> dict:
+    """Everything that can be checked before a model is loaded; returns the --from-image metadata."""
+    from .generation.images import prepare_out
+    if (args.mask or args.enhance) and not args.init_image:
+        raise ValueError('--mask and --enhance need --init-image')
+    if args.strength is not None and not args.init_image:
+        raise ValueError('--strength needs --init-image (text-to-image always denoises from the start)')
+    meta = read_params(args.from_image) if args.from_image else {}
+    given_params(args)
+    if args.prompt is None and meta.get('prompt') is None:
+        raise ValueError('give a prompt (or --from-image)')
+    from .text.tokens import parse_emphasis
+    for opt, text in (('prompt', args.prompt or meta.get('prompt')), ('--uc', args.uc or meta.get('uc'))):
+        try:
+            parse_emphasis(text or '')
+        except ValueError as e:
+            raise ValueError(f'{opt}: {e}') from None
+    for opt, path in (('--init-image', args.init_image), ('--mask', args.mask)):
+        if path is not None and not os.path.isfile(path):
+            raise ValueError(f'{opt} {path}: no such file')
+    for spec in args.lora or ():
+        from .models.sdxl.lora import parse_lora
+        if not os.path.isfile(parse_lora(spec)[0]):
+            raise FileNotFoundError(f'LoRA file not found: {parse_lora(spec)[0]} (--lora FILE[:WEIGHT])')
+    prepare_out(args.out)
+    return meta
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import warnings
     from .generation.generate import enhance_size, generate, upscale
     from .generation.images import load_image, load_mask, save_images
     from .generation.loading import load_pipeline
-    from .generation.metadata import read_metadata
-    if (args.mask or args.enhance) and not args.init_image:
-        raise ValueError('--mask and --enhance need --init-image')
-    for spec in args.lora or ():
-        from .models.sdxl.lora import parse_lora
-        if not os.path.isfile(parse_lora(spec)[0]):
-            raise FileNotFoundError(f'LoRA file not found: {parse_lora(spec)[0]} (--lora FILE[:WEIGHT])')
+    from .generation.metadata import check_alpha_fits
+    meta = check_sample_args(args)
     quiet_libraries()
-    pipe = load_pipeline(args.model or (read_metadata(args.from_image).get('model', 'embedded')
-                                        if args.from_image else 'embedded'))
-    p = params_from_args(args, pipe.base_side)
+    pipe = load_pipeline(args.model or meta.get('model', 'embedded'))
+    p = params_from_args(args, pipe.base_side, meta)
     if p.loras:
         from .models.sdxl.lora import apply_loras
         apply_loras(pipe, p.loras)
     init = mask = None
     if args.init_image:
+        src = load_image(args.init_image, p.width, p.height)
         if args.enhance:
-            src = load_image(args.init_image, p.width, p.height)
             p.width, p.height = enhance_size(p.width, p.height, pipe.size_multiple)
-            init = upscale(src, p.width, p.height)
-        else:
-            init = load_image(args.init_image, p.width, p.height)
+        init = upscale(src, p.width, p.height) if args.enhance else src
         if args.mask:
             mask = load_mask(args.mask, p.width, p.height)
+    check_params(p, pipe.size_multiple, pipe.name, limits=not args.no_size_limit)
+    if args.alpha_metadata:
+        check_alpha_fits({**p.to_dict(), 'seed': p.seed + p.n_samples - 1, 'n_samples': 1}, p.width, p.height)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        images = generate(pipe, p, init=init, mask=mask, progress=not args.quiet)
+        images = generate(pipe, p, init=init, mask=mask, progress=not args.quiet, limits=not args.no_size_limit)
     for w in caught:
         print(f'warning: {w.message}', file=sys.stderr)
     for path in save_images(images, p, args.out, args.alpha_metadata):
@@ -134,13 +176,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .generation.metadata import read_metadata
-    print(json.dumps(read_metadata(args.image), indent=2, ensure_ascii=False))
+    meta = read_metadata(args.image)
+    print(json.dumps(meta, indent=2, ensure_ascii=False))
+    try:
+        check_fields(meta)
+    except ValueError as e:                          # shown, but a re-run would refuse it
+        print(f'warning: {e}', file=sys.stderr)
     return 0
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
     from .text import get_tokenizer, tokenize_chunks
     tok = get_tokenizer()
+    if not 1 <= args.max_chunks <= 1000:
+        raise ValueError(f'--max-chunks must be an integer in [1, 1000], got {args.max_chunks}')
     chunks = tokenize_chunks(args.prompt, tok, max_chunks=args.max_chunks, truncate=True)
     for k in range(chunks.n_chunks):
         n = int(chunks.lengths[k])
@@ -150,12 +199,20 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         print('  ' + ' '.join(f'{tok.convert_ids_to_tokens(i)}' + (f'×{w:.3g}' if w != 1 else '')
                               for i, w in zip(ids, weights)))
     if chunks.dropped:
-        print(f'dropped (beyond {args.max_chunks} chunks): {chunks.dropped}')
+        d = chunks.dropped
+        print(f'dropped (beyond {args.max_chunks} chunks): {d[:200]}' + (f'… ({len(d) - 200} more characters)'
+                                                                         if len(d) > 200 else ''))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if not 2 <= args.samples <= 256:
+        raise ValueError(f'--samples must be an integer in [2, 256] (the table shows a spread), got {args.samples}')
+    if not 1 <= args.steps <= 10_000:
+        raise ValueError(f'--steps must be an integer in [1, 10000], got {args.steps}')
     from .generation.demo import run_demo
+    from .generation.images import prepare_out
+    prepare_out(args.out)
     run_demo(out=args.out, model=args.model, samples=args.samples, steps=args.steps)
     return 0
 

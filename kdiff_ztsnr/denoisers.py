@@ -90,7 +90,9 @@ class DiscreteVDenoiser(VPreconditioner, external.DiscreteSchedule):
                  quantize: bool = False,          # round t to the nearest integer timestep
                  sigma_max: Optional[float] = None,  # clamp the table's top sigma (e.g. 20000., report A.2)
                  sigma_data: float = 1.):
+        schedules.validate_alphas_cumprod(alphas_cumprod)
         sigmas = schedules.sigmas_from_alphas_cumprod(torch.as_tensor(alphas_cumprod))
+        self_ztsnr = bool(sigmas[-1].isinf())
         if sigma_max is not None:
             if not sigma_max > sigmas[-2]:
                 raise ValueError(f'sigma_max={sigma_max} must exceed the largest finite table sigma '
@@ -99,7 +101,7 @@ class DiscreteVDenoiser(VPreconditioner, external.DiscreteSchedule):
         VPreconditioner.__init__(self, inner_model, sigma_data)
         self.register_buffer('sigmas', sigmas.float())
         self.register_buffer('log_sigmas', sigmas.log().float())
-        self.quantize = quantize
+        self.quantize, self.zero_terminal_snr = quantize, self_ztsnr
         finite = sigmas.isfinite()
         self.n_finite = int(finite.sum())                                  # T − 1 with ∞ on top, else T
         self.register_buffer('log_finite', sigmas[finite].log().float(), persistent=False)
@@ -114,6 +116,10 @@ class DiscreteVDenoiser(VPreconditioner, external.DiscreteSchedule):
     def sigma_to_t(self, sigma: Tensor, quantize: Optional[bool] = None) -> Tensor:
         quantize = self.quantize if quantize is None else quantize
         sigma = torch.as_tensor(sigma, device=self.sigmas.device).float()
+        if not self.zero_terminal_snr and sigma.isinf().any():
+            raise ValueError(f'σ=∞ needs a zero-terminal-SNR ᾱ table (ᾱ[-1] = 0); this one ends at '
+                             f'σ={self.sigmas[-1].item():.6g}: the model was never trained at σ=∞, start from '
+                             f'its get_sigmas() instead')
         log_f, log_sigma = self.log_finite, sigma.log()                          # finite table, ascending
         low = (torch.searchsorted(log_f, log_sigma.reshape(-1), right=True) - 1).clamp(0, len(log_f) - 2)
         low = low.view(sigma.shape)

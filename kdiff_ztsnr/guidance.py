@@ -5,6 +5,7 @@ Classifier-free guidance runs cond and uncond in one batched forward. CFG rescal
 σ = ∞ (where v = −D/σ_data) and at σ = 20000. Dynamic thresholding is Imagen's (Saharia et al. 2022).
 """
 
+import math
 from typing import Any, Optional
 
 import torch
@@ -18,6 +19,9 @@ def cat_cond(a: Any, b: Any) -> Any:
     if torch.is_tensor(a):
         return torch.cat([a, b])
     if isinstance(a, dict):
+        if not isinstance(b, dict) or a.keys() != b.keys():
+            raise ValueError(f'cond and uncond must have the same keys, got {sorted(a)} and '
+                             f'{sorted(b) if isinstance(b, dict) else type(b).__name__}')
         return {k: cat_cond(a[k], b[k]) for k in a}
     if isinstance(a, (list, tuple)):
         return type(a)(cat_cond(x, y) for x, y in zip(a, b))
@@ -66,6 +70,14 @@ class CFGDenoiser(nn.Module):
                  cond_key: Optional[str] = 'cond',  # None: cond/uncond are dicts of keyword arguments
                  sigma_data: Optional[float] = None):
         super().__init__()
+        lo, hi = sigma_range
+        checks = {'cond_scale': (cond_scale, math.isfinite(cond_scale), 'a finite number'),
+                  'rescale': (rescale, 0 <= rescale <= 1, 'in [0, 1]'),
+                  'sigma_range': (sigma_range, 0 <= lo <= hi, '(lo, hi) with 0 <= lo <= hi'),
+                  'threshold': (threshold, threshold is None or 0 < threshold <= 1, 'in (0, 1] or None')}
+        for name, (value, ok, valid) in checks.items():
+            if not ok:
+                raise ValueError(f'CFGDenoiser: {name} must be {valid}, got {value}')
         self.inner_model = inner_model
         self.cond_scale, self.rescale, self.sigma_range = cond_scale, rescale, sigma_range
         self.threshold, self.cond_key = threshold, cond_key

@@ -81,6 +81,22 @@ def _shift_callback(callback: Optional[Callable]) -> Optional[Callable]:
     return lambda info: callback({**info, 'i': info['i'] + 1})
 
 
+def check_sampler_args(a: dict) -> None:
+    """eta and s_noise must be finite and non-negative (a NaN here would be blamed on the model)."""
+    for name in ('eta', 's_noise'):
+        v = a.get(name)
+        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ValueError(f'{name} must be a finite number >= 0, got {v}')
+
+
+def check_unit_noise(x: Tensor) -> None:
+    """At σ = ∞ the state is the unit noise itself; catch the usual `x = randn * sigmas[0]`."""
+    rms = x.detach().float().pow(2).mean().sqrt().item()
+    if not math.isfinite(rms) or rms > 20:
+        raise ValueError(f'at σ=∞ x must be unit-variance noise, not noise·σ₀ (x has RMS {rms:.3g}); '
+                         f'pass x = torch.randn(shape) unscaled when sigmas[0] is inf')
+
+
 def ztsnr(sampler: Callable, ancestral: Optional[bool] = None) -> Callable:
     """Give a k-diffusion-signature sampler (model, x, sigmas, ...) the exact first step from σ = ∞.
 
@@ -97,9 +113,11 @@ def ztsnr(sampler: Callable, ancestral: Optional[bool] = None) -> Callable:
         a = bound.arguments
         sigmas = a['sigmas']
         validate_sigmas(sigmas)
+        check_sampler_args(a)
         a['model'] = checked_model(a['model'])
         if not math.isinf(sigmas[0]):
             return sampler(*bound.args, **bound.kwargs)
+        check_unit_noise(a['x'])
         sigma_up, z = None, None
         if ancestral:
             _, sigma_up = infinite_sigmas_up(sigmas[1], a.get('eta', 1.), exponential_sde)

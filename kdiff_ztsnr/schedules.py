@@ -113,6 +113,23 @@ def scale_sigma_for_resolution(sigma: float, side: float, base_side: float) -> f
     return sigma * side / base_side
 
 
+def validate_alphas_cumprod(alphas_cumprod: Tensor) -> None:
+    """Clear errors for ᾱ tables no denoiser can use: low precision, NaN, outside [0, 1], increasing."""
+    ac = torch.as_tensor(alphas_cumprod)
+    if ac.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f'alphas_cumprod must be float32 or float64, got {ac.dtype} (float16 shifts σ by up to 7 %)')
+    if ac.ndim != 1 or len(ac) < 2:
+        raise ValueError(f'alphas_cumprod must be a 1-D table of at least 2 timesteps, got shape {tuple(ac.shape)}')
+    if not torch.isfinite(ac).all() or (ac < 0).any() or (ac > 1).any() or not ac[0] > 0:
+        raise ValueError('alphas_cumprod must be finite, in [0, 1] and positive at t = 0; got values in '
+                         f'[{ac.min().item():.6g}, {ac.max().item():.6g}]' + (' with NaN' if ac.isnan().any() else ''))
+    up = (ac[1:] > ac[:-1]).nonzero().flatten()
+    if len(up):
+        i = up[0].item()
+        raise ValueError(f'alphas_cumprod must be non-increasing, but ᾱ[{i}]={ac[i].item():.6g} < '
+                         f'ᾱ[{i + 1}]={ac[i + 1].item():.6g}')
+
+
 def validate_sigmas(sigmas: Tensor) -> None:
     """Clear errors for schedules no sampler can follow: NaN, not 1-D, unsorted, ∞ not first, negative."""
     if sigmas.ndim != 1 or len(sigmas) < 1:

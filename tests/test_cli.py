@@ -35,7 +35,7 @@ def test_sample_inspect_rerun(ckpt, tmp_path, capsys):
          '-n', 2, '--width', 16, '--height', 16, '--sampler', 'dpmpp_2m_sde', '--cfg-rescale', 0.5,
          '--out', tmp_path / 'a', '--quiet'])
     files = sorted((tmp_path / 'a').glob('*.png'))
-    assert [f.name for f in files] == ['00000007.png', '00000008.png']
+    assert [f.name for f in files] == ['00000-7.png', '00001-8.png']
     meta = read_metadata(files[1])
     assert meta['prompt'] == 'red circle, blue background' and meta['seed'] == 8 and meta['uc'] == 'green'
     assert meta['sampler'] == 'dpmpp_2m_sde' and meta['cfg_rescale'] == 0.5 and meta['model'] == str(ckpt)
@@ -44,7 +44,7 @@ def test_sample_inspect_rerun(ckpt, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == meta
     # re-running from the metadata reproduces the second image of the batch as a single run
     run(['sample', '--from-image', files[1], '--out', tmp_path / 'b', '--quiet'])
-    assert np.abs(png(tmp_path / 'b' / '00000008.png').astype(int) - png(files[1]).astype(int)).max() <= 1
+    assert np.abs(png(tmp_path / 'b' / '00000-8.png').astype(int) - png(files[1]).astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize('sampler', ['euler', 'euler_ancestral', 'dpmpp_2m', 'dpmpp_sde', 'heun'])
@@ -98,22 +98,22 @@ def test_img2img_enhance_inpaint(ckpt, tmp_path):
     Image.fromarray(mask).save(tmp_path / 'mask.png')
     run(['sample', 'blue square', '--model', ckpt, '--init-image', init, '--mask', tmp_path / 'mask.png',
          '--steps', 4, '--width', 16, '--height', 16, '--out', tmp_path / 'inp', '--quiet'])
-    out = png(tmp_path / 'inp' / '00000000.png').astype(int)
+    out = png(tmp_path / 'inp' / '00000-0.png').astype(int)
     assert np.abs(out[:, :8] - [200, 20, 20]).max() <= 1          # unmasked latents kept exactly
     run(['sample', 'blue square', '--model', ckpt, '--init-image', init, '--strength', 0.4, '--steps', 5,
          '--width', 16, '--height', 16, '--out', tmp_path / 'i2i', '--quiet'])
-    assert read_metadata(tmp_path / 'i2i' / '00000000.png')['strength'] == 0.4
+    assert read_metadata(tmp_path / 'i2i' / '00000-0.png')['strength'] == 0.4
     run(['sample', 'blue square', '--model', ckpt, '--init-image', init, '--enhance', '--steps', 4,
          '--width', 16, '--height', 16, '--out', tmp_path / 'enh', '--quiet'])
-    meta = read_metadata(tmp_path / 'enh' / '00000000.png')
+    meta = read_metadata(tmp_path / 'enh' / '00000-0.png')
     assert (meta['width'], meta['height'], meta['strength']) == (24, 24, 0.5)   # ×1.5, a multiple of 2
-    assert png(tmp_path / 'enh' / '00000000.png').shape == (24, 24, 3)
+    assert png(tmp_path / 'enh' / '00000-0.png').shape == (24, 24, 3)
 
 
 def test_alpha_metadata(ckpt, tmp_path):
     run(['sample', 'x', '--model', ckpt, '--steps', 2, '--width', 64, '--height', 64, '--alpha-metadata',
          '--out', tmp_path, '--quiet'])
-    im = Image.open(tmp_path / '00000000.png')
+    im = Image.open(tmp_path / '00000-0.png')
     assert im.mode == 'RGBA'
     from kdiff_ztsnr.generation.metadata import read_alpha
     assert read_alpha(im)['prompt'] == 'x'

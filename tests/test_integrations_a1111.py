@@ -92,7 +92,7 @@ def test_a1111_png_runs_from_image(tmp_path, capsys):
     run(['sample', '--from-image', tmp_path / 'a1111.png', '--out', tmp_path / 'a', '--quiet'])
     run(['sample', 'a red circle', '--uc', 'blue', '--steps', 3, '--sampler', 'dpmpp_2m', '--schedule', 'karras',
          '--scale', 4, '--seed', 77, '--width', 32, '--height', 32, '--out', tmp_path / 'b', '--quiet'])
-    a, b = tmp_path / 'a' / '00000077.png', tmp_path / 'b' / '00000077.png'
+    a, b = tmp_path / 'a' / '00000-77.png', tmp_path / 'b' / '00000-77.png'
     meta = read_metadata(a)
     assert {k: meta[k] for k in ('prompt', 'uc', 'steps', 'sampler', 'noise_schedule', 'scale', 'width', 'height')} == {
         'prompt': 'a red circle', 'uc': 'blue', 'steps': 3, 'sampler': 'dpmpp_2m', 'noise_schedule': 'karras',

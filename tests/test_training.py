@@ -200,7 +200,7 @@ def test_resume_is_exact(tmp_path, n, m):
     for name in ('model.safetensors', 'ema.safetensors'):
         a, b = load_file(str(full / name)), load_file(str(split / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    sa, sb = (torch.load(p / 'state.pt', weights_only=False) for p in (full, split))
+    sa, sb = (torch.load(p / 'state.pt', weights_only=True) for p in (full, split))
     for k, v in sa['opt']['state'].items():
         assert torch.equal(v['exp_avg'], sb['opt']['state'][k]['exp_avg'])
     assert sa['lr_sched']['last_epoch'] == sb['lr_sched']['last_epoch'] == n + m

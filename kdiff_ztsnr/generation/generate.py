@@ -90,13 +90,14 @@ def sampler_kwargs(p: GenerationParams, x: Tensor, sigmas: Tensor, gens: list, s
 
 @torch.no_grad()
 def generate(pipe: Pipeline, p: GenerationParams, init: Optional[Tensor] = None, mask: Optional[Tensor] = None,
-             progress: bool = False, sigmas: Optional[Tensor] = None, clamp: Optional[float] = None) -> Tensor:
+             progress: bool = False, sigmas: Optional[Tensor] = None, clamp: Optional[float] = None,
+             limits: bool = True) -> Tensor:
     """Images in [−1, 1] [n_samples, 3, H, W]. init: image [1 or B, 3, H, W]; mask: [1, 1, H, W], 1 = repaint.
 
     sigmas: an explicit schedule instead of p's; clamp: the table's top σ (report A.2; default
-    ZTSNR_CLAMP for p.ztsnr == 'clamp', none otherwise).
+    ZTSNR_CLAMP for p.ztsnr == 'clamp', none otherwise); limits=False lifts params.MAX_SIDE / MAX_PIXELS.
     """
-    check_params(p, pipe.size_multiple, pipe.name)
+    check_params(p, pipe.size_multiple, pipe.name, limits)
     if clamp is None and p.ztsnr == 'clamp':
         clamp = schedules.ZTSNR_CLAMP
     model = pipe.denoiser(sigma_max=clamp)

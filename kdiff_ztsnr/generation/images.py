@@ -1,9 +1,13 @@
 """Image files in and out of generation: init images and masks as tensors, and the output PNGs.
 
-Images are [B, 3, H, W] tensors in [−1, 1]. Output files are named by seed.
+Images are [B, 3, H, W] tensors in [−1, 1]. Output files are named ``NNNNN-SEED.png``: a running index (one
+more than the largest in the folder) and the sample's seed. A file is created exclusively, so an existing
+file is never overwritten; if writing fails, every image is kept in a fresh temporary folder that the error names.
 """
 
 import os
+import re
+import tempfile
 
 import numpy as np
 import torch
@@ -17,10 +21,22 @@ def load_image(path: str, width: int, height: int) -> Tensor:
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as im:
-            im = im.convert('RGB').resize((width, height), Image.BICUBIC)
-    except (OSError, UnidentifiedImageError) as e:
+            im = to_rgb8(im).resize((width, height), Image.BICUBIC)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise ValueError(f'cannot read image {path}: {e}') from e
     return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def to_rgb8(im):
+    """8-bit RGB of any PIL image; 16-bit and 32-bit grayscale are scaled, not clipped to white."""
+    from PIL import Image
+    if im.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535. if im.mode.startswith('I;16') or a.max() <= 65535 else 2 ** 32 - 1
+        return Image.fromarray(np.round(a.clip(0, top) * (255 / top)).astype(np.uint8)).convert('RGB')
+    if im.mode == 'F':
+        return Image.fromarray(np.round(np.asarray(im).clip(0, 1) * 255).astype(np.uint8)).convert('RGB')
+    return im.convert('RGB')
 
 
 def load_mask(path: str, width: int, height: int) -> Tensor:
@@ -35,14 +51,57 @@ def to_pil(image: Tensor):
     return Image.fromarray(arr)
 
 
-def save_images(images: Tensor, p: GenerationParams, out: str, alpha: bool = False) -> list[str]:
-    """Write each image with its own parameters (seed + i, n_samples 1) as PNG metadata; returns the paths."""
+NAME = re.compile(r'^(\d{5,})-\d+\.png$')
+
+
+def prepare_out(out: str) -> None:
+    """Prove the output folder writable (or creatable) before any work is done; nothing is created yet."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f'--out {out} is a file; give a folder for the images')
+    folder = os.path.abspath(out)
+    while not os.path.exists(folder):                    # the nearest existing ancestor will hold it
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f'--out {out}: {folder} is a file, so the folder cannot be created')
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise OSError(f'--out {out} is not a writable folder ({folder}: {e.strerror or e})') from e
+
+
+def next_index(out: str) -> int:
+    """One more than the largest running index in the folder (0 for an empty folder)."""
+    found = [int(m.group(1)) for m in map(NAME.match, os.listdir(out)) if m]
+    return max(found, default=-1) + 1
+
+
+def _write(images: Tensor, p: GenerationParams, out: str, alpha: bool) -> list[str]:
     from .metadata import save_png
-    os.makedirs(out, exist_ok=True)
-    paths = []
+    paths, index = [], next_index(out)
     for i, img in enumerate(images):
         params = {**p.to_dict(), 'seed': p.seed + i, 'n_samples': 1}
-        path = os.path.join(out, f'{p.seed + i:08d}.png')
-        save_png(to_pil(img), path, params, alpha=alpha)
+        while True:
+            path = os.path.join(out, f'{index:05d}-{p.seed + i}.png')
+            index += 1
+            try:
+                with open(path, 'xb') as f:               # exclusive: never replaces a file
+                    save_png(to_pil(img), f, params, alpha=alpha)
+                break
+            except FileExistsError:
+                continue
         paths.append(path)
     return paths
+
+
+def save_images(images: Tensor, p: GenerationParams, out: str, alpha: bool = False) -> list[str]:
+    """Write each image with its own parameters (seed + i, n_samples 1) as PNG metadata; returns the paths.
+
+    If the folder cannot be written, the images go to a new temporary folder and the OSError says where."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        return _write(images, p, out, alpha)
+    except OSError as e:
+        rescue = tempfile.mkdtemp(prefix='kdiff-ztsnr-rescue-')
+        _write(images, p, rescue, alpha)
+        raise OSError(f'could not write the images to {out} ({e.strerror or e}); they were saved to {rescue}') from e

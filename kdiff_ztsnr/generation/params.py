@@ -47,19 +47,121 @@ class GenerationParams:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def check_params(p: GenerationParams, size_multiple: int = 1, name: str = 'the model') -> None:
-    """One clear error per bad parameter."""
+def fmt(x: float) -> str:
+    """A bound as written: integers exactly, other numbers short."""
+    return str(int(x)) if float(x).is_integer() else f'{x:g}'
+
+
+@dataclass(frozen=True)
+class Field:
+    """One parameter's schema: its type, an inclusive range or choices, whether None is allowed."""
+    kind: type                          # int, float, str or bool (an int is accepted for a float)
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    choices: tuple = ()
+    optional: bool = False
+    option: Optional[str] = None        # the command-line spelling (default --key-with-dashes)
+
+    def describe(self) -> str:
+        if self.choices:
+            return 'one of ' + ', '.join(self.choices)
+        what = {int: 'an integer', float: 'a finite number', str: 'a string', bool: 'true or false'}[self.kind]
+        if self.lo is not None and self.hi is not None:
+            what += f' in [{fmt(self.lo)}, {fmt(self.hi)}]'
+        elif self.hi is not None:
+            what += f' of at most {fmt(self.hi)}'
+        return what + (' (or none)' if self.optional else '')
+
+
+MAX_SIDE = 8192                         # pixels per side
+MAX_PIXELS = 2 ** 26                    # width × height × n_samples (64 Mpx ≈ 8 SDXL 2048² images)
+MAX_SEED = 2 ** 63 - 1
+MAX_PROMPT = 100_000                    # characters
+# Rows are checked alike for command-line values and for metadata read from a PNG (--from-image).
+FIELDS = {
+    'prompt': Field(str, hi=MAX_PROMPT, optional=True, option='PROMPT'),
+    'uc': Field(str, hi=MAX_PROMPT, option='--uc'),
+    'steps': Field(int, 1, 10_000),
+    'scale': Field(float, 0, 100),
+    'cfg_rescale': Field(float, 0, 1),
+    'seed': Field(int, 0, MAX_SEED),
+    'n_samples': Field(int, 1, 256, option='-n/--n-samples'),
+    'width': Field(int, 1, MAX_SIDE),
+    'height': Field(int, 1, MAX_SIDE),
+    'sampler': Field(str, choices=SAMPLER_NAMES),
+    'noise_schedule': Field(str, choices=SCHEDULES, option='--schedule'),
+    'ztsnr': Field(str, choices=REGIMES),
+    'sigma_max': Field(float, 1e-3, 1e5, optional=True),
+    'resolution_aware': Field(bool, option='--no-resolution-aware'),
+    'strength': Field(float, 0.001, 1),
+    'eta': Field(float, 0, 10, optional=True),
+    'model': Field(str, hi=4096),
+}
+
+
+def field_name(key: str) -> str:
+    f = FIELDS[key]
+    return f"{key} ({f.option or '--' + key.replace('_', '-')})"
+
+
+def check_value(key: str, value, where: str = '') -> None:
+    """ValueError naming the key (and its option) and what would be valid, unless value fits FIELDS[key]."""
+    f = FIELDS[key]
+    if value is None and f.optional:
+        return
+    ok = isinstance(value, f.kind) and not (f.kind is int and isinstance(value, bool))
+    if f.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if ok and f.kind is float:
+        ok = math.isfinite(value)
+    if ok and f.choices:
+        ok = value in f.choices
+    if ok and f.kind is not bool and not f.choices:
+        size = len(value) if f.kind is str else value
+        ok = (f.lo is None or size >= f.lo) and (f.hi is None or size <= f.hi)
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + '...'
+        what = f.describe() if f.kind is not str or f.choices else f'a string of at most {f.hi:g} characters'
+        raise ValueError(f'{where}{field_name(key)} must be {what}, got {shown}')
+
+
+MAX_LORAS = 16
+
+
+def check_loras(value, where: str = '') -> None:
+    """loras: a list of at most MAX_LORAS [file, weight] pairs, weights finite in [-10, 10]."""
+    ok = isinstance(value, (list, tuple)) and len(value) <= MAX_LORAS and all(
+        isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], str) and 0 < len(e[0]) <= 4096
+        and isinstance(e[1], (int, float)) and not isinstance(e[1], bool) and math.isfinite(e[1])
+        and -10 <= e[1] <= 10 for e in value)
+    if not ok:
+        raise ValueError(f'{where}loras (--lora FILE[:WEIGHT]) must be at most {MAX_LORAS} [file, weight] pairs with '
+                         f'finite weights in [-10, 10], got {str(value)[:200]}')
+
+
+def check_fields(d: dict, where: str = '') -> None:
+    """Check every known key of a parameter dict (unknown keys, e.g. A1111's extras, are ignored)."""
+    for key, value in d.items():
+        if key in FIELDS:
+            check_value(key, value, where)
+        elif key == 'loras':
+            check_loras(value, where)
+
+
+def check_params(p: GenerationParams, size_multiple: int = 1, name: str = 'the model', limits: bool = True) -> None:
+    """One clear error per bad parameter (limits=False lifts the size bounds MAX_SIDE / MAX_PIXELS)."""
+    d = p.to_dict()
+    if not limits:
+        d = {k: v for k, v in d.items() if k not in ('width', 'height', 'n_samples', 'steps')}
+    check_fields(d)
     m = size_multiple
     if p.width % m or p.height % m or p.width <= 0 or p.height <= 0:
         raise ValueError(f'width and height must be positive multiples of {m} for {name}, '
                          f'got {p.width}x{p.height}')
-    if p.sampler not in SAMPLER_NAMES:
-        raise ValueError(f'unknown sampler {p.sampler!r}; choose from {", ".join(SAMPLER_NAMES)}')
-    if p.noise_schedule not in SCHEDULES:
-        raise ValueError(f'unknown noise schedule {p.noise_schedule!r}; choose from {", ".join(SCHEDULES)}')
-    if p.ztsnr not in REGIMES:
-        raise ValueError(f'unknown ZTSNR regime {p.ztsnr!r}; choose from {", ".join(REGIMES)}')
-    if p.ztsnr == 'sigma_max' and not (p.sigma_max and p.sigma_max > 0 and math.isfinite(p.sigma_max)):
-        raise ValueError(f'ztsnr="sigma_max" needs a finite positive sigma_max, got {p.sigma_max}')
-    if p.steps < 1 or p.n_samples < 1:
-        raise ValueError('steps and n_samples must be at least 1')
+    if p.ztsnr == 'sigma_max' and p.sigma_max is None:
+        raise ValueError('ztsnr="sigma_max" needs a finite positive sigma_max (--sigma-max), got none')
+    if p.seed + p.n_samples - 1 > MAX_SEED:
+        raise ValueError(f'seed + n_samples - 1 must be at most {MAX_SEED}, got {p.seed + p.n_samples - 1}')
+    if limits and p.width * p.height * p.n_samples > MAX_PIXELS:
+        raise ValueError(f'width x height x n_samples = {p.width}x{p.height}x{p.n_samples} exceeds the limit of '
+                         f'{MAX_PIXELS} pixels (lower them, or pass --no-size-limit)')

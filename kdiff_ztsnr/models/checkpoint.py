@@ -29,6 +29,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     write(tmp)
     with open(tmp, 'rb+') as f:
         os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)                   # as any file the user creates (safetensors writes 0600)
     os.replace(tmp, path)
 
 
@@ -49,28 +52,69 @@ def resolve_checkpoint(path: PathLike) -> Path:
     raise FileNotFoundError(f'{path} is neither a checkpoint directory nor an out_dir with a latest checkpoint')
 
 
+def load_safetensors(path: PathLike) -> dict:
+    """A safetensors file's tensors; a missing, truncated or corrupt file is one ValueError naming it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'{path}: no such file')
+    try:
+        return load_file(str(path))
+    except Exception as e:                       # SafetensorError, or OSError from a short read
+        raise ValueError(f'{path}: not a readable .safetensors file (truncated or corrupt: {str(e)[:200]})') from None
+
+
+def load_weights(module: nn.Module, path: PathLike) -> None:
+    """load_state_dict from a safetensors file; a file that does not fit the module names the file."""
+    try:
+        module.load_state_dict(load_safetensors(path))
+    except RuntimeError as e:
+        raise ValueError(f'{path}: weights do not fit the model of its config ({str(e)[:300]})') from None
+
+
 def read_metadata(path: Path) -> dict:
     """The string metadata of a safetensors file, with ``config`` parsed from JSON."""
-    with safe_open(str(path), 'pt') as f:
-        meta = dict(f.metadata() or {})
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'{path}: no such file')
+    try:
+        with safe_open(str(path), 'pt') as f:
+            meta = dict(f.metadata() or {})
+    except Exception as e:
+        raise ValueError(f'{path}: not a readable .safetensors file (truncated or corrupt: {str(e)[:200]})') from None
     if 'config' not in meta:
         raise ValueError(f'{path}: no training config in its metadata (not written by kdiff-ztsnr train)')
-    meta['config'] = json.loads(meta['config'])
+    try:
+        meta['config'] = json.loads(meta['config'])
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f'{path}: its config metadata is not valid JSON ({str(e)[:200]})') from None
+    if not isinstance(meta['config'], dict):
+        raise ValueError(f'{path}: its config metadata must be a JSON object')
     return meta
 
 
-def load_trained(path: PathLike, ema: bool = True,
-                 device='cpu') -> tuple[DiscreteVDenoiser, Optional[TextConditioner], dict]:
+def check_trusted(config: dict, path: PathLike, trust_module: bool = False) -> None:
+    """A shared checkpoint must not run code: model.type 'module' imports any callable its config names."""
+    mc = config.get('model', {})
+    target = str(mc.get('target', ''))
+    if mc.get('type') == 'module' and not trust_module and not target.startswith(('kdiff_ztsnr.', 'torch.nn:')):
+        raise ValueError(f'{path}: model.type "module" would import and call {target!r}; load it from Python with '
+                         f'load_trained(path, trust_module=True) if you trust this checkpoint')
+
+
+def load_trained(path: PathLike, ema: bool = True, device='cpu',
+                 trust_module: bool = False) -> tuple[DiscreteVDenoiser, Optional[TextConditioner], dict]:
     """(denoiser, text conditioner or None, metadata) from a checkpoint directory or out_dir, for sampling."""
     ckpt = resolve_checkpoint(path)
     weights = ckpt / ('ema.safetensors' if ema else 'model.safetensors')
     meta = read_metadata(weights)
     config = meta['config']
-    text = build_text(config['text'])
+    check_trusted(config, weights, trust_module)
+    try:
+        text = build_text(config['text'])
+        inner = build_model(config)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:   # a config not written by the trainer
+        raise ValueError(f'{weights}: its config cannot build a model ({type(e).__name__}: {e})') from None
     if text is not None and (ckpt / 'text.safetensors').is_file():
-        text.load_state_dict(load_file(str(ckpt / 'text.safetensors')))
-    inner = build_model(config)
-    inner.load_state_dict(load_file(str(weights)))
+        load_weights(text, ckpt / 'text.safetensors')
+    load_weights(inner, weights)
     model = build_denoiser(config, inner).eval().requires_grad_(False).to(device)
     return model, (None if text is None else text.to(device)), meta
 

@@ -15,6 +15,7 @@ A prompt is parsed for emphasis (NAI ``{x}`` ×1.05 and ``[x]`` ÷1.05 per level
 """
 
 import functools
+import math
 import os
 import re
 import warnings
@@ -29,6 +30,7 @@ MAX_CHUNKS = 3  # NAI: 225 tokens
 BOS_ID, EOS_ID = 49406, 49407  # CLIP's <|startoftext|>, <|endoftext|>
 NAI_BRACE = 1.05  # {x} multiplies, [x] divides, per level
 A1111_PAREN = 1.1  # (x) multiplies per level
+MAX_WEIGHT = 100.  # larger emphasis weights are refused (they overflow the conditioning to inf/NaN)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -110,6 +112,9 @@ def parse_emphasis(prompt: str) -> list[tuple[str, float]]:
         _scale(spans, start, _SCALE[b])
     merged: list[list] = []
     for s in spans:
+        if s[0] and not (math.isfinite(s[1]) and abs(s[1]) <= MAX_WEIGHT):
+            raise ValueError(f'emphasis gives {s[0][:40]!r} the weight {s[1]:.3g}; weights must be finite and at '
+                             f'most {MAX_WEIGHT:g} in magnitude (too many nested brackets, or a huge (x:w)?)')
         if merged and merged[-1][1] == s[1]:
             merged[-1][0] += s[0]
         elif s[0]:
@@ -179,8 +184,9 @@ def _special_ids(tokenizer, pad_id: int | None) -> tuple[int, int, int]:
 def _overflow(tokenizer, ids: list[int], bounds, max_chunks: int, chunk_len: int, truncate: bool) -> str:
     """Dropped text of a prompt longer than max_chunks chunks: raise, or warn if truncating."""
     dropped = tokenizer.decode(ids[bounds[max_chunks][0]:])
+    shown = dropped if len(dropped) <= 200 else f'{dropped[:200]}… ({len(dropped) - 200} more characters)'
     msg = (f'prompt is {len(ids)} tokens in {len(bounds)} chunks, more than max_chunks={max_chunks} '
-           f'(≤ {max_chunks * chunk_len} tokens); dropped text: {dropped!r}')
+           f'(≤ {max_chunks * chunk_len} tokens); dropped text: {shown!r}')
     if not truncate:
         raise ValueError(msg + '. Shorten the prompt, raise max_chunks, or pass truncate=True.')
     warnings.warn(msg, stacklevel=3)

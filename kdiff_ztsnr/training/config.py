@@ -13,9 +13,9 @@ from typing import Union
 
 from jsonmerge import merge
 from k_diffusion import config as k_config
-from k_diffusion import utils as k_utils
 
 from ..text import text_dims
+from .schema import check_merged, validate_config
 
 DEFAULTS = {
     'model': {
@@ -74,14 +74,31 @@ DEFAULTS = {
 
 
 def load_training_config(config: Union[str, os.PathLike, dict]) -> dict:
-    """JSON file, ``.safetensors`` checkpoint or dict, merged over DEFAULTS then k-diffusion's defaults."""
+    """JSON file, ``.safetensors`` checkpoint or dict, merged over DEFAULTS then k-diffusion's defaults.
+
+    Every key is checked against `schema.SCHEMA` first: one ValueError naming the key (and the file)."""
+    where = ''
     if not isinstance(config, dict):
-        path = Path(config)
-        config = (json.loads(k_utils.get_safetensors_metadata(path)['config']) if path.suffix == '.safetensors'
-                  else json.loads(path.read_text()))
-    with warnings.catch_warnings():   # jsonmerge uses jsonschema's deprecated RefResolver
-        warnings.simplefilter('ignore', DeprecationWarning)
-        return k_config.load_config(merge(DEFAULTS, config))
+        path, where = Path(config), f'{config}: '
+        try:
+            config = json.loads(read_checkpoint_config(path) if path.suffix == '.safetensors' else path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise ValueError(f'{where}not a valid JSON config ({str(e)[:200]})') from None
+    try:
+        validate_config(config)
+        with warnings.catch_warnings():   # jsonmerge uses jsonschema's deprecated RefResolver
+            warnings.simplefilter('ignore', DeprecationWarning)
+            merged = k_config.load_config(merge(DEFAULTS, config))
+        check_merged(merged)
+    except ValueError as e:
+        raise ValueError(f'{where}{e}') from None
+    return merged
+
+
+def read_checkpoint_config(path: Path) -> str:
+    """The ``config`` JSON in a safetensors file's metadata (errors name the file)."""
+    from ..models.checkpoint import read_metadata
+    return json.dumps(read_metadata(path)['config'])
 
 
 def resolve_text_dims(config: dict, cond) -> dict:

@@ -12,8 +12,9 @@ sampler position and the global RNGs (for dropout layers), so ``--resume`` conti
 Checkpoint ``out_dir/checkpoint-NNNNNNNN/``: ``model.safetensors`` and ``ema.safetensors`` (the inner
 network; metadata ``config`` JSON and ``step``, readable by ``k_diffusion.config.load_config``),
 ``text.safetensors`` (the frozen random text encoders of text.type 'clip'), ``state.pt`` (optimizer, LR/EMA schedulers, step) and
-``rank-R.pt`` (bucket sampler and python/numpy/torch RNG states of rank R). The directory is written under a
-temporary name and os.replace'd; ``out_dir/latest`` names the newest.
+``rank-R.pt`` (bucket sampler and python/numpy/torch RNG states of rank R), both read with
+``weights_only=True``. The directory is written under a temporary name and os.replace'd; ``out_dir/latest``
+names the newest. ``runs`` holds the out_dir rules (no run over a previous one, pruning by step, resume checks).
 """
 
 import copy
@@ -28,18 +29,19 @@ from typing import Optional, Union
 import numpy as np
 import torch
 from k_diffusion import utils as k_utils
-from safetensors.torch import load_file
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ..losses import sample_timesteps, v_loss
 from ..models import build_denoiser, build_model
-from ..models.checkpoint import resolve_checkpoint, save_weights
+from ..models.checkpoint import load_weights, read_metadata, resolve_checkpoint, save_weights
 from ..text import CachedText, build_text
-from .checkpoint import atomic_torch_save, rng_state, set_rng_state
+from . import runs
+from .checkpoint import atomic_torch_save, rng_state, safe_torch_load, set_rng_state
 from .config import load_training_config, resolve_text_dims
 from .data import tags as ktags
 from .data.buckets import BucketSampler
-from .data.source import BatchSource, build_dataset, dataset_captions, mix_seed
+from .data.source import BatchSource, build_dataset, dataset_captions, describe_dataset, mix_seed
 from .optim import build_ema_sched, build_lr_sched, build_optimizer
 
 class Trainer:
@@ -49,6 +51,8 @@ class Trainer:
         import accelerate
         config = load_training_config(config)
         tc = config['training']
+        if not tc['out_dir']:
+            raise ValueError('training.out_dir is not set: give it in the config or pass --out-dir')
         self.accelerator = accelerator or accelerate.Accelerator(
             mixed_precision=tc['mixed_precision'], gradient_accumulation_steps=tc['grad_accum_steps'],
             cpu=tc['cpu'])
@@ -71,6 +75,7 @@ class Trainer:
         dc = self.config['dataset']
         with self.accelerator.main_process_first():   # the synthetic set is written once
             self.dataset = build_dataset(dc, self.out_dir)
+        self.accelerator.print(describe_dataset(self.dataset, dc.get('location') or self.out_dir / 'synthetic'))
         sampler = BucketSampler(self.dataset.bucket_idx, self.dataset.buckets, self.config['training']['batch_size'],
                                 self.rank, self.world_size, self.seed)
         self.data = BatchSource(self.dataset, sampler, self.seed, dc['loader_threads'])
@@ -164,37 +169,34 @@ class Trainer:
             atomic_torch_save({'step': self.step, 'opt': self.opt.state_dict(), 'lr_sched': self.lr_sched.state_dict(),
                                 'ema_sched': self.ema_sched.state_dict(), 'world_size': self.world_size},
                                tmp / 'state.pt')
-            shutil.rmtree(final, ignore_errors=True)
+            old = final.with_name(final.name + '.old')
+            if final.exists():                                  # re-saving a step: the old one stays until
+                shutil.rmtree(old, ignore_errors=True)          # the new one is in place
+                os.replace(final, old)
             os.replace(tmp, final)
-            latest = self.out_dir / 'latest'
-            (self.out_dir / '.latest.tmp').write_text(final.name)
-            os.replace(self.out_dir / '.latest.tmp', latest)
-            self._prune_checkpoints()
+            runs.atomic_write(self.out_dir / 'latest', lambda t: Path(t).write_text(final.name))
+            shutil.rmtree(old, ignore_errors=True)
+            runs.prune(self.out_dir, self.config['training']['keep_checkpoints'], self.step)
         acc.wait_for_everyone()
         return final
-
-    def _prune_checkpoints(self) -> None:
-        keep = self.config['training']['keep_checkpoints']
-        if keep:
-            for old in sorted(self.out_dir.glob('checkpoint-[0-9]*[0-9]'))[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
 
     def load(self, path: Union[str, os.PathLike]) -> Path:
         """Restore everything from a checkpoint (or an out_dir's latest) to continue exactly."""
         ckpt = resolve_checkpoint(path)
-        state = torch.load(ckpt / 'state.pt', map_location='cpu', weights_only=False)   # our own files
+        runs.check_resume_config(read_metadata(ckpt / 'model.safetensors')['config'], self.config, ckpt)
+        state = safe_torch_load(ckpt / 'state.pt')
         if state['world_size'] != self.world_size:
             raise ValueError(f"checkpoint was written by {state['world_size']} ranks, this run has {self.world_size}")
-        self.unwrapped.load_state_dict(load_file(str(ckpt / 'model.safetensors')))
-        self.inner_ema.load_state_dict(load_file(str(ckpt / 'ema.safetensors')))
+        load_weights(self.unwrapped, ckpt / 'model.safetensors')
+        load_weights(self.inner_ema, ckpt / 'ema.safetensors')
         if self.text is not None and (ckpt / 'text.safetensors').is_file():
-            self.text.load_state_dict(load_file(str(ckpt / 'text.safetensors')))
+            load_weights(self.text, ckpt / 'text.safetensors')
             self.encode.memo.clear()
         self.opt.load_state_dict(state['opt'])
         self.lr_sched.load_state_dict(state['lr_sched'])
         self.ema_sched.load_state_dict(state['ema_sched'])
         self.step = state['step']
-        mine = torch.load(ckpt / f'rank-{self.rank}.pt', map_location='cpu', weights_only=False)
+        mine = safe_torch_load(ckpt / f'rank-{self.rank}.pt')
         self.data.load_state_dict(mine['data'])
         set_rng_state(mine['rng'])
         return ckpt
@@ -208,33 +210,37 @@ class Trainer:
         with open(self.out_dir / 'metrics.jsonl', 'a') as f:
             f.write(json.dumps(row) + '\n')
         if self.step % self.config['training']['log_every'] == 0 or self.step == 1:
-            print(f"step {self.step}, loss {row['loss']:.5f}, lr {row['lr']:.3g}, ema {row['ema_decay']:.4f}",
-                  flush=True)
+            tqdm.write(f"step {self.step}, loss {row['loss']:.5f}, lr {row['lr']:.3g}, ema {row['ema_decay']:.4f}")
 
-    def _trim_metrics(self) -> None:
-        """Drop metrics.jsonl lines past the resumed step (a run that went on after its last checkpoint)."""
-        path = self.out_dir / 'metrics.jsonl'
-        if self.accelerator.is_main_process and path.is_file():
-            rows = [r for r in path.read_text().splitlines() if r and json.loads(r)['step'] <= self.step]
-            path.write_text(''.join(r + '\n' for r in rows))
+    def run(self, resume: Optional[Union[str, os.PathLike]] = None, overwrite: bool = False) -> 'Trainer':
+        """Train to training.steps, checkpointing every checkpoint_every steps and at the end.
 
-    def run(self, resume: Optional[Union[str, os.PathLike]] = None) -> 'Trainer':
-        """Train to training.steps, checkpointing every checkpoint_every steps and at the end."""
+        An out_dir holding a previous run is refused unless resuming (or overwrite=True: it is cleared)."""
         tc = self.config['training']
+        runs.check_out_dir(self.out_dir, resume, overwrite)
+        self.accelerator.wait_for_everyone()                   # every rank checked before rank 0 writes
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume is not None:
             ckpt = self.load(resume)
             self.accelerator.print(f'resumed from {ckpt} at step {self.step}')
-        self._trim_metrics()
+        elif overwrite and self.accelerator.is_main_process:
+            runs.clear_run(self.out_dir)
+        if self.accelerator.is_main_process:
+            runs.trim_metrics(self.out_dir / 'metrics.jsonl', self.step)
         if self.accelerator.is_main_process:
             (self.out_dir / 'config.json').write_text(json.dumps(self.config, indent=2))
         t0 = time.time()
         saved = self.step if resume is not None else -1
+        # a progress bar between the log lines (on a terminal, rank 0 only)
+        bar = tqdm(total=tc['steps'], initial=self.step, disable=None if self.accelerator.is_main_process else True,
+                   leave=False, unit='step')
         while self.step < tc['steps']:
             self.log(self.train_step(), t0)
+            bar.update(1)
             if self.step % tc['checkpoint_every'] == 0:
                 self.save()
                 saved = self.step
+        bar.close()
         if saved != self.step:
             self.save()
         return self

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ...generation.pipeline import Pipeline
@@ -85,7 +84,8 @@ def read_checkpoint(path: PathLike) -> dict[str, Tensor]:
     """A single-file state dict (.safetensors; .ckpt/.pt through torch.load(weights_only=True))."""
     path = Path(path)
     if path.suffix == '.safetensors':
-        return load_file(str(path))
+        from ..checkpoint import load_safetensors
+        return load_safetensors(path)
     sd = torch.load(path, map_location='cpu', weights_only=True)
     return sd.get('state_dict', sd)
 

@@ -20,6 +20,8 @@ def mix_seed(*parts: int) -> int:
 def build_dataset(dataset_config: dict, out_dir: Union[str, Path]):
     """ImageFolderDataset ('imagefolder', 'synthetic') or LatentCacheDataset ('latents')."""
     kind, location = dataset_config['type'], dataset_config.get('location')
+    if kind in ('latents', 'imagefolder') and not (location and Path(location).is_dir()):
+        raise ValueError(f'dataset.location {location}: no such folder (dataset.type {kind!r} reads a folder)')
     if kind == 'latents':
         return LatentCacheDataset(location, normalize=dataset_config['normalize'])
     if kind == 'synthetic':
@@ -31,6 +33,24 @@ def build_dataset(dataset_config: dict, out_dir: Union[str, Path]):
     buckets = None if dataset_config['buckets'] is None else make_buckets(**dataset_config['buckets'])
     return ImageFolderDataset(location, buckets, dataset_config['log_space'],
                                     dataset_config['max_ratio_error'])
+
+
+def describe_dataset(dataset, location) -> str:
+    """One line: how many items, how many are unreadable or pruned and why; refuses a dataset with none left."""
+    if isinstance(dataset, LatentCacheDataset):
+        n = used = len(dataset)
+        text = f'dataset: {n} cached latents in {location}'
+    else:
+        n = len(dataset)
+        unreadable = int(((dataset.sizes <= 0).any(1)).sum()) if n else 0
+        used = int((dataset.bucket_idx >= 0).sum())
+        text = (f'dataset: {n} images in {dataset.root}, {used} used; skipped {unreadable} with an unreadable '
+                f'header, pruned {n - used - unreadable} whose aspect ratio is beyond dataset.max_ratio_error of '
+                f'every bucket')
+    if used == 0:
+        why = 'it has no image files (.png/.jpg/.webp/…)' if n == 0 else text.split('; ', 1)[-1]
+        raise ValueError(f'dataset.location {location}: nothing to train on: {why}')
+    return text
 
 
 def dataset_captions(dataset) -> list[list[str]]:
@@ -87,6 +107,8 @@ class BatchSource:
             skipped += b['skipped']
             if len(b['x0']):
                 break
+            if skipped >= max(1, len(self.dataset)):             # a whole epoch's worth: nothing decodes
+                raise ValueError(f'none of the last {skipped} images could be decoded; check the dataset files')
         self.n_skipped += skipped
         b['prompts'] = [', '.join(t) for t in b.pop('tags')]
         return dict(b, skipped=skipped)

@@ -1,0 +1,94 @@
+"""What a training run may do to its out_dir, and what a resume may change: nothing a user made is lost.
+
+- An out_dir holding a previous run (RUN_FILES or checkpoint-*) is refused unless resuming or --overwrite.
+- Checkpoints are pruned by step number; the one just written is always kept, so ``latest`` never dangles.
+- metrics.jsonl is trimmed atomically.
+- A resume must use the checkpoint's settings except RESUMABLE keys (its optimizer and schedules continue).
+"""
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from ..models.checkpoint import atomic_write
+
+RUN_FILES = ('config.json', 'metrics.jsonl', 'latest')
+CHECKPOINT = re.compile(r'^checkpoint-(\d+)$')
+# Keys a resume may change; every other key must equal the checkpoint's config.
+RESUMABLE = {'training.steps', 'training.checkpoint_every', 'training.keep_checkpoints', 'training.log_every',
+             'training.out_dir', 'training.threads', 'dataset.loader_threads', 'text.cache', 'dataset.location'}
+
+
+def checkpoints(out_dir: Path) -> dict[int, Path]:
+    """step → checkpoint directory."""
+    out_dir = Path(out_dir)
+    found = (CHECKPOINT.match(p.name) for p in out_dir.iterdir()) if out_dir.is_dir() else ()
+    return {int(m.group(1)): out_dir / m.group(0) for m in found if m and (out_dir / m.group(0)).is_dir()}
+
+
+def previous_run(out_dir: Path) -> list[str]:
+    """Names in out_dir that belong to a training run."""
+    out_dir = Path(out_dir)
+    return [n for n in RUN_FILES if (out_dir / n).exists()] + sorted(p.name for p in checkpoints(out_dir).values())
+
+
+def check_out_dir(out_dir: Path, resume: Optional[str], overwrite: bool) -> None:
+    """Refuse to start a new run over a previous one (unless overwrite), before any work is done."""
+    found = previous_run(out_dir)
+    if found and resume is None and not overwrite:
+        shown = ', '.join(found[:4]) + (', …' if len(found) > 4 else '')
+        raise ValueError(f'training.out_dir {out_dir} holds a previous run ({shown}); continue it with '
+                         f'--resume {out_dir}, choose another --out-dir, or pass --overwrite to replace it')
+
+
+def clear_run(out_dir: Path) -> None:
+    """--overwrite: remove a previous run's files and checkpoints (the dataset folder is kept)."""
+    for step, path in checkpoints(out_dir).items():
+        shutil.rmtree(path)
+    for name in RUN_FILES:
+        (Path(out_dir) / name).unlink(missing_ok=True)
+
+
+def prune(out_dir: Path, keep: int, current: int) -> None:
+    """Keep the checkpoint of step `current` and the keep − 1 newest before it; later steps are left alone."""
+    if keep:
+        older = sorted(s for s in checkpoints(out_dir) if s < current)
+        for step in older[:max(0, len(older) - (keep - 1))]:
+            shutil.rmtree(Path(out_dir) / f'checkpoint-{step:08d}', ignore_errors=True)
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Drop metrics.jsonl lines past step (a run that went on after its last checkpoint), atomically."""
+    if path.is_file():
+        rows = []
+        for r in path.read_text().splitlines():
+            try:
+                keep = json.loads(r)['step'] <= step
+            except (ValueError, KeyError, TypeError):
+                keep = False                              # a torn last line of a killed run
+            if keep:
+                rows.append(r)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(''.join(r + '\n' for r in rows)))
+
+
+def _flat(d: dict, prefix: str = '') -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != 'buckets':
+            out.update(_flat(v, f'{prefix}{k}.'))
+        else:
+            out[f'{prefix}{k}'] = v
+    return out
+
+
+def check_resume_config(saved: dict, config: dict, path: Path) -> None:
+    """Refuse a resume whose config differs from the checkpoint's in anything but RESUMABLE keys."""
+    old, new = _flat(saved), _flat(json.loads(json.dumps(config)))
+    changed = sorted(k for k in old.keys() | new.keys() if k not in RESUMABLE and old.get(k) != new.get(k))
+    if changed:
+        shown = ', '.join(f'{k} ({old.get(k)!r} → {new.get(k)!r})' for k in changed[:3])
+        raise ValueError(f'--resume {path}: the config changes {shown}' + (' and more' if len(changed) > 3 else '')
+                         + '; a resume continues the saved optimizer and schedules, so only '
+                         + ', '.join(sorted(RESUMABLE)) + ' may change (or start a new run)')

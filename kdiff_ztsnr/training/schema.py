@@ -1,0 +1,192 @@
+"""The training config's schema: every section and key, its type, range or choices, checked before any work.
+
+A row is a `Key`; a nested section is a `Key` whose ``section`` is another dict of rows. Unknown keys are
+refused with a "did you mean" (difflib). New options add rows to SCHEMA. `validate_config` checks a user's
+(partial) config; `check_merged` adds what needs the merged config (required keys, cross-key rules).
+"""
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+def fmt(x: float) -> str:
+    """A bound as written: integers exactly, other numbers short."""
+    return str(int(x)) if float(x).is_integer() else f'{x:g}'
+
+
+@dataclass(frozen=True)
+class Key:
+    kind: tuple                          # accepted Python types, e.g. (int,), (float,), (str,), (list,)
+    lo: Optional[float] = None           # inclusive bounds (of the value, or a list's items)
+    hi: Optional[float] = None
+    gt: bool = False                     # lo is exclusive
+    choices: tuple = ()
+    optional: bool = False               # None is allowed
+    item: Optional['Key'] = None         # list items
+    length: Optional[tuple] = None       # (min, max) list length
+    section: Optional[dict] = field(default=None, hash=False)   # a nested section's rows
+    free: bool = False                   # a dict of free keyword arguments
+
+    def describe(self) -> str:
+        if self.choices:
+            what = 'one of ' + ', '.join(map(repr, self.choices))
+        else:
+            what = ' or '.join({int: 'an integer', float: 'a finite number', str: 'a string', bool: 'true/false',
+                                list: 'a list', dict: 'an object'}[k] for k in self.kind)
+            if self.lo is not None or self.hi is not None:
+                left = '(' if self.gt else '['
+                what += f" in {left}{'-inf' if self.lo is None else f'{fmt(self.lo)}'}, " \
+                        f"{'inf' if self.hi is None else f'{fmt(self.hi)}'}]"
+        if self.item is not None:
+            what += f' of items {self.item.describe()}'
+        if self.length:
+            what += f' with {self.length[0]}-{self.length[1]} items'
+        return what + (' or null' if self.optional else '')
+
+
+def num(lo=None, hi=None, gt=False, optional=False) -> Key:
+    return Key((float,), lo, hi, gt, optional=optional)
+
+
+def integer(lo=None, hi=None, optional=False) -> Key:
+    return Key((int,), lo, hi, optional=optional)
+
+
+def choice(*choices, optional=False) -> Key:
+    return Key((str,), choices=choices, optional=optional)
+
+
+BOOL, TEXT = Key((bool,)), Key((str,))
+PAIR = Key((list,), item=integer(1, 1 << 16), length=(2, 2))
+MODEL = {
+    'type': choice('image_v1', 'module'), 'sigma_data': num(0, 1e3, gt=True), 'zero_terminal_snr': BOOL,
+    'sigma_max': num(0, 1e7, gt=True, optional=True), 'augment_wrapper': BOOL,
+    'cross_cond_dim': integer(0, 1 << 16, optional=True), 'mapping_cond_dim': integer(0, 1 << 16, optional=True),
+    'input_channels': integer(1, 1024), 'mapping_out': integer(1, 1 << 16),
+    'depths': Key((list,), item=integer(0, 64), length=(1, 16)),
+    'channels': Key((list,), item=integer(1, 1 << 16), length=(1, 16)),
+    'self_attn_depths': Key((list,), item=BOOL, length=(1, 16)),
+    'cross_attn_depths': Key((list,), item=BOOL, length=(1, 16), optional=True),
+    'patch_size': integer(1, 64), 'dropout_rate': num(0, 1), 'augment_prob': num(0, 1),
+    'unet_cond_dim': integer(0, 1 << 16), 'skip_stages': integer(0, 16), 'has_variance': BOOL,
+    'loss_config': TEXT, 'loss_weighting': TEXT, 'loss_scales': integer(1, 64), 'num_timesteps': integer(2, 100_000),
+    'target': TEXT, 'kwargs': Key((dict,), free=True),
+}
+SYNTHETIC = {'n': integer(1, 10_000_000), 'sizes': Key((list,), item=PAIR, length=(1, 1024)),
+             'seed': integer(0, 2 ** 63 - 1), 'solid_fraction': num(0, 1)}
+BUCKETS = {'max_area': integer(1, 1 << 30), 'max_side': integer(1, 1 << 16), 'min_side': integer(1, 1 << 16),
+           'step': integer(1, 1 << 16), 'extra': Key((list,), item=PAIR, length=(0, 1024))}
+TAG_WEIGHTS = {'alpha': num(0, 10), 'clip': Key((list,), item=num(0, 1e6), length=(2, 2))}
+DATASET = {
+    'type': choice('imagefolder', 'synthetic', 'latents'), 'location': Key((str,), optional=True),
+    'buckets': Key((dict,), optional=True, section=BUCKETS), 'log_space': BOOL, 'max_ratio_error': num(0, 10),
+    'normalize': BOOL, 'cond_dropout_rate': num(0, 1), 'num_classes': integer(0, 0),
+    'tag_weights': Key((dict, bool), optional=True, section=TAG_WEIGHTS),
+    'synthetic': Key((dict,), section=SYNTHETIC), 'loader_threads': integer(0, 256),
+}
+ENCODER = {'hidden_size': integer(1, 1 << 14), 'intermediate_size': integer(1, 1 << 16),
+           'num_hidden_layers': integer(1, 128), 'num_attention_heads': integer(1, 256),
+           'projection_dim': integer(1, 1 << 14, optional=True)}
+TEXT_SECTION = {
+    'type': choice('clip', 'pretrained', 'none'), 'path': Key((str,), optional=True),
+    'encoders': Key((list,), item=Key((dict,), section=ENCODER), length=(1, 4)), 'seed': integer(0, 2 ** 63 - 1),
+    'max_chunks': integer(1, 100), 'layer': integer(-64, 64), 'final_norm': BOOL, 'cache': integer(0, 1 << 24),
+}
+OPTIMIZER = {'type': choice('adamw', 'sgd'), 'lr': num(0, 10, gt=True),
+             'betas': Key((list,), item=num(0, 1), length=(2, 2)), 'eps': num(0, 1, gt=True),
+             'weight_decay': num(0, 10), 'momentum': num(0, 1), 'nesterov': BOOL}
+LR_SCHED = {'type': choice('constant', 'inverse', 'exponential'), 'warmup': num(0, 0.9999),
+            'inv_gamma': num(0, 1e12, gt=True), 'power': num(0, 100), 'num_steps': num(0, 1e12, gt=True),
+            'decay': num(0, 1, gt=True), 'min_lr': num(0, 10)}
+EMA_SCHED = {'type': choice('inverse', 'constant'), 'power': num(0, 100), 'max_value': num(0, 1),
+             'min_value': num(0, 1), 'inv_gamma': num(0, 1e12, gt=True), 'start_at': integer(0, 1 << 40),
+             'value': num(0, 1)}
+TRAINING = {
+    'steps': integer(1, 1 << 40), 'batch_size': integer(1, 1 << 16), 'grad_accum_steps': integer(1, 1 << 16),
+    'mixed_precision': choice('no', 'bf16'), 'tf32': BOOL, 'cpu': BOOL, 'threads': integer(1, 1024, optional=True),
+    'seed': integer(0, 2 ** 63 - 1), 'grad_clip': num(0, 1e6, gt=True, optional=True),
+    'min_snr_gamma': num(0, 1e6, gt=True, optional=True), 'terminal_weight': num(0, 1e6),
+    'checkpoint_every': integer(1, 1 << 40), 'keep_checkpoints': integer(0, 1 << 20),
+    'log_every': integer(1, 1 << 40), 'out_dir': Key((str,), optional=True),
+}
+SCHEMA = {'model': MODEL, 'dataset': DATASET, 'text': TEXT_SECTION, 'optimizer': OPTIMIZER,
+          'lr_sched': LR_SCHED, 'ema_sched': EMA_SCHED, 'training': TRAINING}
+
+
+def _fits(key: Key, value) -> bool:
+    if value is None:
+        return key.optional
+    kinds = key.kind + ((int,) if float in key.kind else ())
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in key.kind):
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    if key.choices and value not in key.choices:
+        return False
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if key.lo is not None and (value <= key.lo if key.gt else value < key.lo):
+            return False
+        if key.hi is not None and value > key.hi:
+            return False
+    if isinstance(value, list) and key.length and not key.length[0] <= len(value) <= key.length[1]:
+        return False
+    return True
+
+
+def _check(rows: dict, values, where: str) -> None:
+    if not isinstance(values, dict):
+        raise ValueError(f'{where or "the config"} must be an object, got {type(values).__name__}')
+    for name, value in values.items():
+        path = f'{where}.{name}' if where else name
+        if name not in rows:
+            close = difflib.get_close_matches(str(name), list(rows), n=1)
+            hint = f'; did you mean {close[0]!r}?' if close else f'; valid keys: {", ".join(rows)}'
+            raise ValueError(f'unknown config key {path!r}{hint}')
+        check_value(rows[name], value, path)
+
+
+def check_value(key: Key, value, path: str) -> None:
+    """ValueError naming path and what would be valid, unless value fits key (recursively)."""
+    if not _fits(key, value):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + '...'
+        raise ValueError(f'config key {path!r} must be {key.describe()}, got {shown}')
+    if isinstance(value, list) and key.item is not None:
+        for i, item in enumerate(value):
+            check_value(key.item, item, f'{path}[{i}]')
+    if isinstance(value, dict) and key.section is not None:
+        _check(key.section, value, path)
+
+
+def validate_config(config) -> None:
+    """Check a (partial) training config: known sections and keys, types, ranges, choices."""
+    _check({name: Key((dict,), section=rows) for name, rows in SCHEMA.items()}, config, '')
+
+
+def check_merged(config: dict) -> None:
+    """Rules of the merged config: required keys and keys that must agree."""
+    mc = config['model']
+    if mc['type'] == 'image_v1':
+        for name in ('input_channels', 'mapping_out', 'depths', 'channels', 'self_attn_depths'):
+            if name not in mc:
+                raise ValueError(f"config key 'model.{name}' is required for model.type 'image_v1'")
+        n = len(mc['depths'])
+        for name in ('channels', 'self_attn_depths', 'cross_attn_depths'):
+            if mc.get(name) is not None and len(mc[name]) != n:
+                raise ValueError(f"config key 'model.{name}' must have one entry per stage "
+                                 f"(len(model.depths) = {n}), got {len(mc[name])}")
+    if mc['type'] == 'module' and 'target' not in mc:
+        raise ValueError("config key 'model.target' is required for model.type 'module' ('pkg.mod:Factory')")
+    need = {'inverse': ('inv_gamma', 'power'), 'exponential': ('num_steps', 'decay')}
+    for name in need.get(config['lr_sched']['type'], ()):
+        if name not in config['lr_sched']:
+            raise ValueError(f"config key 'lr_sched.{name}' is required for lr_sched.type "
+                             f"{config['lr_sched']['type']!r}")
+    if config['ema_sched']['type'] == 'constant' and 'value' not in config['ema_sched']:
+        raise ValueError("config key 'ema_sched.value' is required for ema_sched.type 'constant'")
+    if config['dataset']['type'] in ('imagefolder', 'latents') and not config['dataset'].get('location'):
+        raise ValueError(f"config key 'dataset.location' is required for dataset.type "
+                         f"{config['dataset']['type']!r}: the folder to read")
+    if config['text']['type'] == 'pretrained' and not config['text'].get('path'):
+        raise ValueError("config key 'text.path' is required for text.type 'pretrained'")
