@@ -18,14 +18,19 @@ def _compat(cls):
 def build_optimizer(opt_config: dict, model: nn.Module) -> optim.Optimizer:
     """AdamW or SGD as k-diffusion's train.py builds them (its param_groups when the model has them)."""
     lr = opt_config['lr']
-    params = model.param_groups(lr) if hasattr(model, 'param_groups') else model.parameters()
+    params = (model.param_groups(lr) if hasattr(model, 'param_groups')
+              else [p for p in model.parameters() if p.requires_grad])   # LoRA: the adapter only
+    if opt_config['type'] == 'adamw8bit':                                 # optional extra: bitsandbytes
+        import bitsandbytes as bnb
+        return bnb.optim.AdamW8bit(params, lr=lr, betas=tuple(opt_config['betas']), eps=opt_config['eps'],
+                                   weight_decay=opt_config['weight_decay'])
     if opt_config['type'] == 'adamw':
         return optim.AdamW(params, lr=lr, betas=tuple(opt_config['betas']), eps=opt_config['eps'],
                            weight_decay=opt_config['weight_decay'])
     if opt_config['type'] == 'sgd':
         return optim.SGD(params, lr=lr, momentum=opt_config.get('momentum', 0.),
                          nesterov=opt_config.get('nesterov', False), weight_decay=opt_config['weight_decay'])
-    raise ValueError(f"unknown optimizer type {opt_config['type']!r}; expected 'adamw' or 'sgd'")
+    raise ValueError(f"unknown optimizer type {opt_config['type']!r}; expected 'adamw', 'adamw8bit' or 'sgd'")
 
 
 def build_lr_sched(sched_config: dict, opt: optim.Optimizer):
