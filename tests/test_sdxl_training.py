@@ -17,12 +17,12 @@ from PIL import Image  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from conftest import TINY, tiny_pipeline  # noqa: E402
+from conftest import TINY, TINY_KW, tiny_pipeline  # noqa: E402
 from kdiff_ztsnr import training  # noqa: E402
 from kdiff_ztsnr.models import sdxl  # noqa: E402
 from kdiff_ztsnr.models.checkpoint import resolve_checkpoint  # noqa: E402
 from kdiff_ztsnr.training.data.images import cover_crop_box  # noqa: E402
-from kdiff_ztsnr.training.lora import merge_lora  # noqa: E402
+from kdiff_ztsnr.training.lora import merge_lora, merge_lora_file  # noqa: E402
 from kdiff_ztsnr.training.preview import SigmaBucketLoss  # noqa: E402
 
 ONLY_64 = {'max_area': 64 * 64, 'max_side': 64, 'min_side': 64, 'step': 64, 'extra': [[64, 64]]}
@@ -95,8 +95,7 @@ def test_full_finetune_saves_single_file_diffusers_reads(base, tmp_path, source)
     theirs = UNet2DConditionModel.from_single_file(str(out), config=str(base['folder']), subfolder='unet',
                                                    local_files_only=True)
     assert equal_state(theirs.state_dict(), ema)                                      # diffusers: identical
-    ours = sdxl.load_sdxl(out, unet_config=TINY['unet'], vae_config=TINY['vae'],
-                          text_encoder_config=TINY['text_encoder'], text_encoder_2_config=TINY['text_encoder_2'])
+    ours = sdxl.load_sdxl(out, **TINY_KW)
     assert ours.zero_terminal_snr and equal_state(ours.components['unet'].state_dict(), ema)
     vae = base['pipe'].components['vae'].state_dict()
     assert equal_state(ours.components['vae'].state_dict(), vae)                      # frozen parts kept
@@ -144,9 +143,10 @@ def test_size_conditioning_is_per_item(base, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ LoRA
 
-def test_lora_kohya_file_loads_in_diffusers_like_merging(base, tmp_path):
+@pytest.mark.parametrize('source', ['folder', 'file'])
+def test_lora_kohya_file_loads_in_diffusers_like_merging(base, tmp_path, source):
     from diffusers import StableDiffusionXLPipeline
-    cfg = sdxl_config(tmp_path, base['folder'], steps=2)
+    cfg = sdxl_config(tmp_path, base[source], steps=2)
     cfg['model']['lora'] = {'rank': 4, 'alpha': 2, 'targets': ['to_q', 'to_k', 'to_v', 'to_out.0']}
     cfg['optimizer']['lr'] = 2e-2
     cfg['ema_sched'] = {'max_value': 0.}                                 # EMA = the trained weights
@@ -167,6 +167,9 @@ def test_lora_kohya_file_loads_in_diffusers_like_merging(base, tmp_path):
     torch.testing.assert_close(loaded, merged, atol=1e-5, rtol=1e-4)    # diffusers' loader = our merge
     pipe.fuse_lora()
     torch.testing.assert_close(unet_output(pipe.unet), merged, atol=1e-5, rtol=1e-4)
+    merge_lora_file(base['folder'], lora, tmp_path / 'merged.safetensors')      # base + file → single file
+    again = sdxl.load_sdxl(tmp_path / 'merged.safetensors', **TINY_KW).components['unet']
+    torch.testing.assert_close(unet_output(again), merged, atol=1e-5, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------ ε → v

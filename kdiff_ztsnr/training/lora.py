@@ -63,3 +63,22 @@ def merge_lora(unet: nn.Module, scale: float = 1.) -> nn.Module:
     unet.fuse_lora(lora_scale=scale)
     unet.unload_lora()
     return unet
+
+
+def load_kohya_lora(unet: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
+    """Add a kohya/A1111-format LoRA file to a diffusers UNet as a peft adapter (diffusers' own converter)."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+    sd, alphas = StableDiffusionXLPipeline.lora_state_dict(load_file(str(path)))
+    unet.load_lora_adapter(sd, prefix='unet', network_alphas=alphas)
+    return unet
+
+
+def merge_lora_file(base: Union[str, os.PathLike], lora: Union[str, os.PathLike], out: Union[str, os.PathLike],
+                    scale: float = 1., **load_kwargs) -> None:
+    """base SDXL v model (folder or single file) + kohya LoRA file → merged SGM single file with markers.
+    load_kwargs go to models.sdxl.load_sdxl (e.g. the *_config of a non-SDXL-size single file)."""
+    from ..models.sdxl import load_sdxl, save_single_file
+    pipe = load_sdxl(base, **load_kwargs)
+    merge_lora(load_kohya_lora(pipe.components['unet'], lora), scale)
+    save_single_file(pipe, out)
