@@ -222,3 +222,51 @@ def test_sigma_bucket_loss_and_preview(base, tmp_path):
     assert png.size == (128, 64)
     meta = json.loads(png.text['Comment'])
     assert meta['step'] == 2 and meta['sigma_start'] == 'inf' and len(meta['brightness'][0]) == 2
+
+
+# -------------------------------------------------------------------------------------- multi-process
+
+WORKER = '''
+import json, sys
+import torch
+from safetensors.torch import save_file
+from kdiff_ztsnr.training import Trainer
+
+tr = Trainer(json.load(open(sys.argv[1])))
+m = tr.train_step()
+grads = {n: p.grad.contiguous() for n, p in tr.unwrapped.named_parameters() if p.grad is not None}
+save_file(grads, f"{sys.argv[2]}/grad{tr.rank}.safetensors")
+json.dump({'indices': m['indices'], 'loss': m['loss']}, open(f"{sys.argv[2]}/rank{tr.rank}.json", "w"))
+'''
+
+
+def test_two_ranks_agree_with_one_process(base, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo, CPU): the all-reduced gradient of the SDXL UNet equals the mean of the
+    two ranks' micro-batch gradients computed in one process on the same items, timesteps and noise."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    cfg = sdxl_config(tmp_path / 'out', base['file'], steps=1)
+    (tmp_path / 'cfg.json').write_text(json.dumps(cfg))
+    (tmp_path / 'worker.py').write_text(WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(Path(__file__).parents[1]))
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                           str(tmp_path / 'worker.py'), str(tmp_path / 'cfg.json'), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=400, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f'rank{r}.json').read_text()) for r in (0, 1)]
+    assert not set(ranks[0]['indices']) & set(ranks[1]['indices'])
+    g0, g1 = (load_file(str(tmp_path / f'grad{r}.safetensors')) for r in (0, 1))
+    assert equal_state(g0, g1)                                            # synchronised
+    tr = training.Trainer(sdxl_config(tmp_path / 'one', base['file'], steps=1))
+    tr.inner.train()
+    for r, info in enumerate(ranks):                                      # rank r's micro-batch, its RNG
+        batch = tr.data._load_images(0, (64, 64), info['indices'])
+        batch['prompts'] = [', '.join(t) for t in batch.pop('tags')]
+        tr.rank = r
+        (tr.micro_loss(batch, 0) / 2).backward()
+    ref = {n: p.grad for n, p in tr.unwrapped.named_parameters() if p.grad is not None}
+    assert ref.keys() == g0.keys()
+    for n in ref:
+        torch.testing.assert_close(g0[n], ref[n], atol=1e-6, rtol=1e-4)
