@@ -84,7 +84,7 @@ def equal_state(a: dict, b: dict) -> bool:
 @pytest.mark.parametrize('source', ['folder', 'file'])
 def test_full_finetune_saves_single_file_diffusers_reads(base, tmp_path, source):
     from diffusers import UNet2DConditionModel
-    tr = training.Trainer(sdxl_config(tmp_path, base[source])).run()
+    tr = training.Trainer(sdxl_config(tmp_path, base[source], save_diffusers=True)).run()
     start = base['pipe'].components['unet'].state_dict()
     assert not equal_state(tr.unwrapped.unet.state_dict(), start)                    # it trained
     out = resolve_checkpoint(tmp_path) / 'sdxl.safetensors'
@@ -99,6 +99,11 @@ def test_full_finetune_saves_single_file_diffusers_reads(base, tmp_path, source)
     assert ours.zero_terminal_snr and equal_state(ours.components['unet'].state_dict(), ema)
     vae = base['pipe'].components['vae'].state_dict()
     assert equal_state(ours.components['vae'].state_dict(), vae)                      # frozen parts kept
+    folder = resolve_checkpoint(tmp_path) / 'diffusers'
+    from kdiff_ztsnr import cli
+    assert cli.main(['sample', 'completely black', '--model', str(folder), '--steps', '2', '--width', '64',
+                     '--out', str(tmp_path / 'samples'), '--quiet']) == 0              # kdiff-ztsnr sample --model
+    assert len(list((tmp_path / 'samples').glob('*.png'))) == 1
 
 
 def test_resume_is_exact(base, tmp_path):
