@@ -51,21 +51,8 @@ def train_tiny_checkpoint(out, n: int = 8, solid_fraction: float = 0.25):
 # ------------------------------------------------------------------------------- tiny SDXL (shared)
 
 def _tiny_sdxl_configs() -> dict:
-    from kdiff_ztsnr.models import sdxl
-    L_DIM, G_DIM, G_PROJ, TIME_DIM = 32, 48, 40, 8
-    return {
-        'unet': dict(sdxl.component_config(None, 'unet'), block_out_channels=[16, 32, 32],
-                     attention_head_dim=[1, 2, 2], transformer_layers_per_block=[1, 1, 2], norm_num_groups=8,
-                     cross_attention_dim=L_DIM + G_DIM, addition_time_embed_dim=TIME_DIM,
-                     projection_class_embeddings_input_dim=G_PROJ + 6 * TIME_DIM, sample_size=8),
-        'vae': dict(sdxl.component_config(None, 'vae'), block_out_channels=[8, 8, 16, 16], layers_per_block=1,
-                    norm_num_groups=4, sample_size=64),
-        'text_encoder': dict(sdxl.component_config(None, 'text_encoder'), hidden_size=L_DIM, intermediate_size=37,
-                             num_attention_heads=4, num_hidden_layers=3, projection_dim=L_DIM),
-        'text_encoder_2': dict(sdxl.component_config(None, 'text_encoder_2'), hidden_size=G_DIM,
-                               intermediate_size=64, num_attention_heads=4, num_hidden_layers=3,
-                               projection_dim=G_PROJ),
-    }
+    from kdiff_ztsnr.models.sdxl.train import tiny_component_configs
+    return tiny_component_configs()
 
 
 TINY = _tiny_sdxl_configs()      # SDXL-shaped components small enough for CPU tests

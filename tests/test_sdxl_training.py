@@ -275,3 +275,23 @@ def test_two_ranks_agree_with_one_process(base, tmp_path):
     assert ref.keys() == g0.keys()
     for n in ref:
         torch.testing.assert_close(g0[n], ref[n], atol=1e-6, rtol=1e-4)
+
+
+def test_ema_update_equals_k_diffusion():
+    """training.optim.EMAUpdate (foreach, lists gathered once) = k_diffusion.utils.ema_update, bit for bit."""
+    from k_diffusion import utils as k_utils
+    from kdiff_ztsnr.models import build_model
+    from kdiff_ztsnr.training.optim import EMAUpdate
+    torch.manual_seed(0)
+    model = build_model({'model': {'type': 'image_v1', 'input_channels': 3, 'mapping_out': 16, 'depths': [1, 1],
+                                   'channels': [8, 16], 'self_attn_depths': [False, True]}})
+    ours, ref = copy.deepcopy(model), copy.deepcopy(model)
+    update = EMAUpdate(model, ours)
+    for decay in (0.5, 0.9, 0.999):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        update(decay)
+        k_utils.ema_update(model, ref, decay)
+        assert equal_state(ours.state_dict(), ref.state_dict())
+    assert not equal_state(ours.state_dict(), model.state_dict())

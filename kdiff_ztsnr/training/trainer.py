@@ -27,7 +27,6 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
-from k_diffusion import utils as k_utils
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -40,7 +39,7 @@ from .config import load_training_config, resolve_text_dims
 from .data import tags as ktags
 from .data.buckets import BucketSampler
 from .data.source import BatchSource, build_dataset, dataset_captions, mix_seed
-from .optim import build_ema_sched, build_lr_sched, build_optimizer
+from .optim import EMAUpdate, build_ema_sched, build_lr_sched, build_optimizer
 from .preview import SigmaBucketLoss
 
 class Trainer:
@@ -104,6 +103,7 @@ class Trainer:
         self.inner, self.opt = self.accelerator.prepare(inner, opt)
         self.model = build_denoiser(self.config, self.inner).to(self.accelerator.device)
         self.inner_ema.to(self.accelerator.device)
+        self.ema_update = EMAUpdate(self.unwrapped, self.inner_ema)
 
     @property
     def unwrapped(self) -> nn.Module:
@@ -149,7 +149,7 @@ class Trainer:
         lr = self.lr_sched.get_last_lr()[0]
         self.lr_sched.step()
         ema_decay = self.ema_sched.get_value()
-        k_utils.ema_update(self.unwrapped, self.inner_ema, ema_decay)
+        self.ema_update(ema_decay)                     # = k_diffusion.utils.ema_update, foreach
         self.ema_sched.step()
         self.step += 1
         loss = acc.reduce(torch.stack(losses).mean(), 'mean').item()
