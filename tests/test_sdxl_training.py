@@ -295,3 +295,14 @@ def test_ema_update_equals_k_diffusion():
         k_utils.ema_update(model, ref, decay)
         assert equal_state(ours.state_dict(), ref.state_dict())
     assert not equal_state(ours.state_dict(), model.state_dict())
+
+
+def test_bf16_gradient_checkpointing_lora_step(base, tmp_path):
+    cfg = sdxl_config(tmp_path, base['file'], steps=1, mixed_precision='bf16', gradient_checkpointing=True)
+    cfg['model']['lora'] = {'rank': 2}
+    tr = training.Trainer(cfg)
+    assert tr.inner.unet.is_gradient_checkpointing
+    trainable = [p for p in tr.unwrapped.parameters() if p.requires_grad]
+    assert trainable and sum(p.numel() for p in trainable) < sum(p.numel() for p in tr.unwrapped.parameters()) / 5
+    m = tr.train_step()
+    assert np.isfinite(m['loss']) and all(p.dtype == torch.float32 and p.grad is not None for p in trainable)
