@@ -13,7 +13,6 @@
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 

@@ -48,7 +48,8 @@ def kohya_state_dict(unet: nn.Module, alpha: float) -> dict[str, Tensor]:
             for k, v in sd.items()}
 
 
-def save_kohya_lora(unet: nn.Module, path: Union[str, os.PathLike], alpha: float, metadata: dict = None) -> None:
+def save_kohya_lora(unet: nn.Module, path: Union[str, os.PathLike], alpha: float,
+                    metadata: Optional[dict] = None) -> None:
     """Write kohya_state_dict as .safetensors (metadata: ss_network_dim/alpha as kohya writes them)."""
     sd = kohya_state_dict(unet, alpha)
     rank = next(v.shape[0] for k, v in sd.items() if k.endswith('lora_down.weight'))

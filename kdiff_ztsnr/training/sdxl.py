@@ -14,10 +14,8 @@
 
 import copy
 from pathlib import Path
-from typing import Optional
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..models import alphas_cumprod_for
 from ..models.sdxl import latent_stats_for, save_pretrained, save_single_file, sdxl_pipeline, time_ids
@@ -128,11 +126,3 @@ def sdxl_dataset(parts: SDXLTraining, dataset_config: dict, dataset, out_dir: Pa
         dataset.normalize = False                # SDXLTraining.prepare normalises with model.latent_stats
     parts.use_cache_stats(dataset)
     return dataset
-
-
-def trainable_parameters(module: nn.Module) -> list:
-    return [p for p in module.parameters() if p.requires_grad]
-
-
-def sdxl_meta(parts: Optional[SDXLTraining]) -> dict:
-    return {} if parts is None else {'sdxl_source': str(parts.info.get('source'))}
