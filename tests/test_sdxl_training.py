@@ -106,13 +106,18 @@ def test_full_finetune_saves_single_file_diffusers_reads(base, tmp_path, source)
     assert len(list((tmp_path / 'samples').glob('*.png'))) == 1
 
 
-def test_resume_is_exact(base, tmp_path):
-    full = training.Trainer(sdxl_config(tmp_path / 'full', base['file'], steps=4)).run()
-    training.Trainer(sdxl_config(tmp_path / 'split', base['file'], steps=2)).run()
+@pytest.mark.parametrize('lora', [None, {'rank': 2, 'dropout': 0.1}])
+def test_resume_is_exact(base, tmp_path, lora):
+    def config(name, steps):
+        cfg = sdxl_config(tmp_path / name, base['file'], steps=steps)
+        cfg['model']['lora'] = lora
+        return cfg
+    full = training.Trainer(config('full', 4)).run()
+    training.Trainer(config('split', 2)).run()
     from accelerate.state import AcceleratorState, GradientState
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    split = training.Trainer(sdxl_config(tmp_path / 'split', base['file'], steps=4)).run(resume=tmp_path / 'split')
+    split = training.Trainer(config('split', 4)).run(resume=tmp_path / 'split')
     assert equal_state(full.unwrapped.state_dict(), split.unwrapped.state_dict())
     assert equal_state(full.inner_ema.state_dict(), split.inner_ema.state_dict())
     rows = [[json.loads(r)['loss'] for r in (tmp_path / d / 'metrics.jsonl').read_text().splitlines()]
