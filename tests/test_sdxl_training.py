@@ -104,6 +104,9 @@ def test_full_finetune_saves_single_file_diffusers_reads(base, tmp_path, source)
     assert cli.main(['sample', 'completely black', '--model', str(folder), '--steps', '2', '--width', '64',
                      '--out', str(tmp_path / 'samples'), '--quiet']) == 0              # kdiff-ztsnr sample --model
     assert len(list((tmp_path / 'samples').glob('*.png'))) == 1
+    from kdiff_ztsnr.generation.loading import load_pipeline
+    pipe = load_pipeline(tmp_path)                                                    # --model out_dir
+    assert pipe.zero_terminal_snr and equal_state(pipe.components['unet'].state_dict(), ema)
 
 
 @pytest.mark.parametrize('lora', [None, {'rank': 2, 'dropout': 0.1}])

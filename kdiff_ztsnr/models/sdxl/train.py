@@ -81,3 +81,22 @@ def text_options(text_config: Optional[dict]) -> dict:
     """TextConditioner options of a ``text`` section (§4.2: up to 3 × 75 tokens, penultimate layer)."""
     tc = text_config or {}
     return {k: tc[k] for k in ('max_chunks', 'layer', 'final_norm') if k in tc}
+
+
+def sdxl_checkpoint_pipeline(ckpt: Path, config: dict, device='cpu', name: str = 'model'):
+    """The Pipeline of a trainer checkpoint of type 'sdxl': its ``sdxl.safetensors`` (EMA weights, markers) or
+    ``diffusers/`` folder, read with the components' configs from the training config (so tiny models work)."""
+    ckpt = Path(ckpt)
+    mc = config['model']
+    kwargs = {'device': device, 'text_kwargs': {'truncate': True, **text_options(config.get('text'))},
+              'latent_stats': mc.get('latent_stats') if mc.get('latent_stats') != 'cache' else None}
+    if (ckpt / 'sdxl.safetensors').is_file():
+        configs = _component_configs(mc)
+        pipe = load_sdxl(ckpt / 'sdxl.safetensors', **{f'{c}_config': configs[c] for c in COMPONENTS}, **kwargs)
+    elif (ckpt / 'diffusers').is_dir():
+        pipe = load_sdxl(ckpt / 'diffusers', **kwargs)
+    else:
+        raise FileNotFoundError(f'{ckpt}: no sdxl.safetensors or diffusers/ (a LoRA run writes lora.safetensors: '
+                                f'load it on its base model, or set model.lora.save_merged)')
+    pipe.name = name
+    return pipe
