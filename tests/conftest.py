@@ -46,3 +46,27 @@ def train_tiny_checkpoint(out, n: int = 8, solid_fraction: float = 0.25):
                            'log_every': 1000, 'threads': 1}}
     training.Trainer(config).run()
     return out
+
+
+# ------------------------------------------------------------------------------- tiny SDXL (shared)
+
+def _tiny_sdxl_configs() -> dict:
+    from kdiff_ztsnr.models.sdxl.train import tiny_component_configs
+    return tiny_component_configs()
+
+
+TINY = _tiny_sdxl_configs()      # SDXL-shaped components small enough for CPU tests
+TINY_KW = {f'{c}_config': TINY[c] for c in TINY}
+
+
+def tiny_pipeline(zero_terminal_snr: bool = True):
+    """A randomly initialised (seed 0) tiny SDXL as the package's Pipeline."""
+    import torch
+    from kdiff_ztsnr.models import alphas_cumprod_for, sdxl
+    from kdiff_ztsnr.text import TextConditioner
+    torch.manual_seed(0)
+    m = {c: sdxl.build_component(c, TINY[c]) for c in sdxl.COMPONENTS}
+    text = TextConditioner([m['text_encoder'], m['text_encoder_2']], sdxl.sdxl_tokenizers())
+    mean, std = sdxl.latent_stats_for(m['vae'])
+    return sdxl.sdxl_pipeline(m['unet'], m['vae'], text, alphas_cumprod_for(zero_terminal_snr), mean, std,
+                              {'name': 'tiny'})

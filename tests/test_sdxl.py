@@ -17,33 +17,8 @@ from kdiff_ztsnr.models.sdxl import loading as sdxl_loading  # noqa: E402
 from kdiff_ztsnr.generation.generate import generate  # noqa: E402
 from kdiff_ztsnr.generation.loading import load_pipeline  # noqa: E402
 from kdiff_ztsnr.generation.params import GenerationParams  # noqa: E402
-from kdiff_ztsnr.generation.pipeline import Pipeline  # noqa: E402
-from kdiff_ztsnr.models import alphas_cumprod_for  # noqa: E402
-from kdiff_ztsnr.text import TextConditioner  # noqa: E402
 
-L_DIM, G_DIM, G_PROJ, TIME_DIM = 32, 48, 40, 8
-TINY = {
-    'unet': dict(sdxl.component_config(None, 'unet'), block_out_channels=[16, 32, 32], attention_head_dim=[1, 2, 2],
-                 transformer_layers_per_block=[1, 1, 2], norm_num_groups=8, cross_attention_dim=L_DIM + G_DIM,
-                 addition_time_embed_dim=TIME_DIM, projection_class_embeddings_input_dim=G_PROJ + 6 * TIME_DIM,
-                 sample_size=8),
-    'vae': dict(sdxl.component_config(None, 'vae'), block_out_channels=[8, 8, 16, 16], layers_per_block=1,
-                norm_num_groups=4, sample_size=64),
-    'text_encoder': dict(sdxl.component_config(None, 'text_encoder'), hidden_size=L_DIM, intermediate_size=37,
-                         num_attention_heads=4, num_hidden_layers=3, projection_dim=L_DIM),
-    'text_encoder_2': dict(sdxl.component_config(None, 'text_encoder_2'), hidden_size=G_DIM, intermediate_size=64,
-                           num_attention_heads=4, num_hidden_layers=3, projection_dim=G_PROJ),
-}
-TINY_KW = {f'{c}_config': TINY[c] for c in sdxl.COMPONENTS}
-
-
-def tiny_pipeline(zero_terminal_snr: bool = True) -> Pipeline:
-    torch.manual_seed(0)
-    m = {c: sdxl.build_component(c, TINY[c]) for c in sdxl.COMPONENTS}
-    text = TextConditioner([m['text_encoder'], m['text_encoder_2']], sdxl.sdxl_tokenizers())
-    mean, std = sdxl.latent_stats_for(m['vae'])
-    return sdxl.sdxl_pipeline(m['unet'], m['vae'], text, alphas_cumprod_for(zero_terminal_snr), mean, std,
-                              {'name': 'tiny'})
+from conftest import TINY_KW, tiny_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope='module')

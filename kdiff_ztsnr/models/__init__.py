@@ -42,9 +42,15 @@ def _image_v1(model_config: dict) -> nn.Module:
     return build_image_v1(model_config)
 
 
+def _sdxl(model_config: dict) -> nn.Module:
+    from .sdxl.train import build_sdxl_inner
+    return build_sdxl_inner(model_config)
+
+
 MODEL_TYPES: dict[str, Callable[[dict], nn.Module]] = {
     'image_v1': _image_v1,
     'module': build_module,
+    'sdxl': _sdxl,                # SDXL-architecture UNet from model.path or model.components
 }
 
 

@@ -26,6 +26,12 @@ DEFAULTS = {
         'augment_wrapper': False,
         'cross_cond_dim': None,       # None: the text encoders' hidden size (Σ over encoders)
         'mapping_cond_dim': None,     # None: the pooled embedding size
+        # type 'sdxl' (training/sdxl.py): an SDXL-architecture UNet; VAE and CLIP-L/bigG frozen
+        'path': None,                 # diffusers folder or SGM single file; None: built from components
+        'components': None,           # {unet, vae, text_encoder, text_encoder_2}: config dicts/JSON paths
+        'source_prediction': None,    # 'epsilon': an ε checkpoint to convert to v (report §2.2)
+        'latent_stats': None,         # None (SDXL ×0.13025) | 'nai_anime' | 'cache' (Welford) | [mean, std]
+        'lora': None,                 # {'rank', 'alpha', 'targets', 'dropout', 'save_merged'} (lora.py)
     },
     'dataset': {
         'type': 'imagefolder',        # 'imagefolder' | 'synthetic' | 'latents'
@@ -38,6 +44,8 @@ DEFAULTS = {
         'tag_weights': None,          # None/False = off; {} or {'alpha', 'clip'}: §4.3 weights
         'synthetic': {'n': 64, 'sizes': [[32, 32]], 'seed': 0, 'solid_fraction': 0.25},
         'loader_threads': 0,
+        'cache_latents': False,       # sdxl: encode the images once through the model's VAE
+        'cache_dir': None,            # None: out_dir/latents
     },
     'text': {
         'type': 'clip',               # 'clip' (random tiny CLIP from config) | 'pretrained' | 'none'
@@ -69,6 +77,12 @@ DEFAULTS = {
         'keep_checkpoints': 0,        # 0 = keep all
         'log_every': 10,
         'out_dir': 'out/train',
+        'gradient_checkpointing': False,
+        'compile': False,             # torch.compile the UNet (in place)
+        'save_single_file': True,     # sdxl: checkpoint-*/sdxl.safetensors (SGM, v_pred/ztsnr markers)
+        'save_diffusers': False,      # sdxl: checkpoint-*/diffusers/
+        'preview_every': 0,           # sdxl: previews/step-N.png from σ = ∞ with the EMA weights; 0 = off
+        'preview': None,              # {'prompts', 'seeds', 'steps', 'scale', 'width', 'height', 'sampler'}
     },
 }
 

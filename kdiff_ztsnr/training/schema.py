@@ -60,8 +60,14 @@ def choice(*choices, optional=False) -> Key:
 
 BOOL, TEXT = Key((bool,)), Key((str,))
 PAIR = Key((list,), item=integer(1, 1 << 16), length=(2, 2))
+LORA = {'rank': integer(1, 4096), 'alpha': num(0, 1e6, gt=True, optional=True),
+        'targets': Key((list,), item=TEXT, length=(1, 256)), 'dropout': num(0, 1), 'save_merged': BOOL}
+PREVIEW = {'prompts': Key((list,), item=TEXT, length=(1, 64)), 'seeds': Key((list,), item=integer(0, 2 ** 63 - 1),
+                                                                          length=(1, 64)),
+           'steps': integer(1, 1000), 'scale': num(0, 100), 'width': integer(8, 8192), 'height': integer(8, 8192),
+           'sampler': TEXT}
 MODEL = {
-    'type': choice('image_v1', 'module'), 'sigma_data': num(0, 1e3, gt=True), 'zero_terminal_snr': BOOL,
+    'type': choice('image_v1', 'module', 'sdxl'), 'sigma_data': num(0, 1e3, gt=True), 'zero_terminal_snr': BOOL,
     'sigma_max': num(0, 1e7, gt=True, optional=True), 'augment_wrapper': BOOL,
     'cross_cond_dim': integer(0, 1 << 16, optional=True), 'mapping_cond_dim': integer(0, 1 << 16, optional=True),
     'input_channels': integer(1, 1024), 'mapping_out': integer(1, 1 << 16),
@@ -73,6 +79,10 @@ MODEL = {
     'unet_cond_dim': integer(0, 1 << 16), 'skip_stages': integer(0, 16), 'has_variance': BOOL,
     'loss_config': TEXT, 'loss_weighting': TEXT, 'loss_scales': integer(1, 64), 'num_timesteps': integer(2, 100_000),
     'target': TEXT, 'kwargs': Key((dict,), free=True),
+    # type 'sdxl' (training/sdxl.py)
+    'path': Key((str,), optional=True), 'components': Key((dict,), free=True, optional=True),
+    'source_prediction': choice('epsilon', 'v', optional=True),
+    'latent_stats': Key((str, list), optional=True), 'lora': Key((dict,), optional=True, section=LORA),
 }
 SYNTHETIC = {'n': integer(1, 10_000_000), 'sizes': Key((list,), item=PAIR, length=(1, 1024)),
              'seed': integer(0, 2 ** 63 - 1), 'solid_fraction': num(0, 1)}
@@ -85,6 +95,7 @@ DATASET = {
     'normalize': BOOL, 'cond_dropout_rate': num(0, 1), 'num_classes': integer(0, 0),
     'tag_weights': Key((dict, bool), optional=True, section=TAG_WEIGHTS),
     'synthetic': Key((dict,), section=SYNTHETIC), 'loader_threads': integer(0, 256),
+    'cache_latents': BOOL, 'cache_dir': Key((str,), optional=True),
 }
 ENCODER = {'hidden_size': integer(1, 1 << 14), 'intermediate_size': integer(1, 1 << 16),
            'num_hidden_layers': integer(1, 128), 'num_attention_heads': integer(1, 256),
@@ -94,7 +105,7 @@ TEXT_SECTION = {
     'encoders': Key((list,), item=Key((dict,), section=ENCODER), length=(1, 4)), 'seed': integer(0, 2 ** 63 - 1),
     'max_chunks': integer(1, 100), 'layer': integer(-64, 64), 'final_norm': BOOL, 'cache': integer(0, 1 << 24),
 }
-OPTIMIZER = {'type': choice('adamw', 'sgd'), 'lr': num(0, 10, gt=True),
+OPTIMIZER = {'type': choice('adamw', 'adamw8bit', 'sgd'), 'lr': num(0, 10, gt=True),
              'betas': Key((list,), item=num(0, 1), length=(2, 2)), 'eps': num(0, 1, gt=True),
              'weight_decay': num(0, 10), 'momentum': num(0, 1), 'nesterov': BOOL}
 LR_SCHED = {'type': choice('constant', 'inverse', 'exponential'), 'warmup': num(0, 0.9999),
@@ -110,6 +121,8 @@ TRAINING = {
     'min_snr_gamma': num(0, 1e6, gt=True, optional=True), 'terminal_weight': num(0, 1e6),
     'checkpoint_every': integer(1, 1 << 40), 'keep_checkpoints': integer(0, 1 << 20),
     'log_every': integer(1, 1 << 40), 'out_dir': Key((str,), optional=True),
+    'gradient_checkpointing': BOOL, 'compile': BOOL, 'save_single_file': BOOL, 'save_diffusers': BOOL,
+    'preview_every': integer(0, 1 << 40), 'preview': Key((dict,), optional=True, section=PREVIEW),
 }
 SCHEMA = {'model': MODEL, 'dataset': DATASET, 'text': TEXT_SECTION, 'optimizer': OPTIMIZER,
           'lr_sched': LR_SCHED, 'ema_sched': EMA_SCHED, 'training': TRAINING}

@@ -28,7 +28,6 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
-from k_diffusion import utils as k_utils
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -42,7 +41,8 @@ from .config import load_training_config, resolve_text_dims
 from .data import tags as ktags
 from .data.buckets import BucketSampler
 from .data.source import BatchSource, build_dataset, dataset_captions, describe_dataset, mix_seed
-from .optim import build_ema_sched, build_lr_sched, build_optimizer
+from .optim import EMAUpdate, build_ema_sched, build_lr_sched, build_optimizer
+from .preview import SigmaBucketLoss
 
 class Trainer:
     """One training run: ``Trainer(config).run()``, or ``train_step()`` one optimizer step at a time."""
@@ -64,10 +64,15 @@ class Trainer:
         random.seed(self.seed)
         np.random.seed(self.seed % 2 ** 32)
         torch.manual_seed(self.seed)                  # model init: identical on every rank
-        self.text = build_text(config['text'])
+        self.sdxl = None
+        if config['model']['type'] == 'sdxl':          # SDXL UNet; its VAE and CLIP encoders frozen (sdxl.py)
+            from .sdxl import SDXLTraining
+            self.sdxl = SDXLTraining(config).to(self.accelerator.device)
+        self.text = build_text(config['text']) if self.sdxl is None else self.sdxl.text
         self.config = resolve_text_dims(config, self.text)
         self.encode = None if self.text is None else CachedText(self.text.to(self.accelerator.device),
                                                                 config['text']['cache'])
+        self.sigma_loss = SigmaBucketLoss()
         self._setup_data()
         self._setup_model()
 
@@ -76,6 +81,11 @@ class Trainer:
         with self.accelerator.main_process_first():   # the synthetic set is written once
             self.dataset = build_dataset(dc, self.out_dir)
         self.accelerator.print(describe_dataset(self.dataset, dc.get('location') or self.out_dir / 'synthetic'))
+        if self.sdxl is not None:
+            from .sdxl import sdxl_dataset
+            with self.accelerator.main_process_first():   # the latent cache is written once
+                self.dataset = sdxl_dataset(self.sdxl, dc, self.dataset, self.out_dir, self.seed,
+                                            self.accelerator.device)
         sampler = BucketSampler(self.dataset.bucket_idx, self.dataset.buckets, self.config['training']['batch_size'],
                                 self.rank, self.world_size, self.seed)
         self.data = BatchSource(self.dataset, sampler, self.seed, dc['loader_threads'])
@@ -91,7 +101,7 @@ class Trainer:
             self.tag_weights = torch.as_tensor(w, dtype=torch.float32)
 
     def _setup_model(self) -> None:
-        inner = build_model(self.config)
+        inner = build_model(self.config) if self.sdxl is None else self.sdxl.inner
         self.inner_ema = copy.deepcopy(inner).eval().requires_grad_(False)
         opt = build_optimizer(self.config['optimizer'], inner)
         self.lr_sched = build_lr_sched(self.config['lr_sched'], opt)
@@ -99,6 +109,7 @@ class Trainer:
         self.inner, self.opt = self.accelerator.prepare(inner, opt)
         self.model = build_denoiser(self.config, self.inner).to(self.accelerator.device)
         self.inner_ema.to(self.accelerator.device)
+        self.ema_update = EMAUpdate(self.unwrapped, self.inner_ema)
 
     @property
     def unwrapped(self) -> nn.Module:
@@ -108,7 +119,7 @@ class Trainer:
         """Σ weighted per-sample losses / batch_size of one micro-batch (t, noise, dropout seeded per step)."""
         tc, dc = self.config['training'], self.config['dataset']
         g = torch.Generator().manual_seed(mix_seed(self.seed, self.rank, self.step, micro))
-        x0 = batch['x0']
+        x0, extra = (batch['x0'], {}) if self.sdxl is None else self.sdxl.prepare(batch, self.accelerator.device)
         t = sample_timesteps(len(x0), len(self.model.sigmas), generator=g)
         noise = torch.randn(x0.shape, generator=g)
         drop = torch.rand(len(x0), generator=g) < dc['cond_dropout_rate']
@@ -118,7 +129,8 @@ class Trainer:
             cond = self.encode(['' if d else p for d, p in zip(drop.tolist(), batch['prompts'])], device)
         weight = None if self.tag_weights is None else self.tag_weights[batch['index']].to(device)
         losses = v_loss(self.model, x0.to(device), noise.to(device), t.to(device), tc['min_snr_gamma'],
-                        tc['terminal_weight'], weight, **cond)
+                        tc['terminal_weight'], weight, **cond, **extra)
+        self.sigma_loss.add(self.model.t_to_sigma(t.to(device)), losses)
         return losses.sum() / tc['batch_size']
 
     def train_step(self) -> dict:
@@ -126,6 +138,7 @@ class Trainer:
         acc, tc = self.accelerator, self.config['training']
         self.inner.train()
         self.opt.zero_grad()
+        self.sigma_loss.reset()
         losses, indices, skipped = [], [], 0
         for micro in range(tc['grad_accum_steps']):
             batch = self.data.next()
@@ -142,12 +155,12 @@ class Trainer:
         lr = self.lr_sched.get_last_lr()[0]
         self.lr_sched.step()
         ema_decay = self.ema_sched.get_value()
-        k_utils.ema_update(self.unwrapped, self.inner_ema, ema_decay)
+        self.ema_update(ema_decay)                     # = k_diffusion.utils.ema_update, foreach
         self.ema_sched.step()
         self.step += 1
         loss = acc.reduce(torch.stack(losses).mean(), 'mean').item()
         return {'step': self.step, 'loss': loss, 'lr': lr, 'ema_decay': ema_decay, 'skipped': skipped,
-                'indices': indices}
+                'loss_by_sigma': self.sigma_loss.pop(), 'indices': indices}
 
     def save(self) -> Path:
         """Write checkpoint-{step} (all ranks call this; rank 0 writes the shared files)."""
@@ -164,7 +177,9 @@ class Trainer:
             meta = {'config': json.dumps(self.config), 'step': self.step, 'base_side': self.base_side}
             save_weights(self.unwrapped, tmp / 'model.safetensors', meta)
             save_weights(self.inner_ema, tmp / 'ema.safetensors', meta)
-            if self.config['text']['type'] == 'clip':      # random encoders: keep them with the model
+            if self.sdxl is not None:                      # SGM single file / LoRA for UIs (sdxl.py)
+                self.sdxl.export(tmp, self.inner_ema, self.step)
+            elif self.config['text']['type'] == 'clip':    # random encoders: keep them with the model
                 save_weights(self.text, tmp / 'text.safetensors', meta)
             atomic_torch_save({'step': self.step, 'opt': self.opt.state_dict(), 'lr_sched': self.lr_sched.state_dict(),
                                 'ema_sched': self.ema_sched.state_dict(), 'world_size': self.world_size},
@@ -179,6 +194,17 @@ class Trainer:
             runs.prune(self.out_dir, self.config['training']['keep_checkpoints'], self.step)
         acc.wait_for_everyone()
         return final
+
+    def preview(self) -> Optional[Path]:
+        """Rank 0: out_dir/previews/step-NNNNNNNN.png sampled from σ = ∞ with the EMA weights (preview.py)."""
+        if self.sdxl is None or not self.accelerator.is_main_process:
+            return None
+        from .preview import preview_grid
+        used = self.dataset.bucket_idx[self.dataset.bucket_idx >= 0]
+        wh = np.asarray(self.dataset.buckets)[np.bincount(used).argmax()]     # the most common bucket
+        return preview_grid(self.sdxl.pipeline(self.inner_ema), self.config['training'].get('preview'),
+                            (int(wh[0]), int(wh[1])), self.out_dir / 'previews' / f'step-{self.step:08d}.png',
+                            self.step)
 
     def load(self, path: Union[str, os.PathLike]) -> Path:
         """Restore everything from a checkpoint (or an out_dir's latest) to continue exactly."""
@@ -237,6 +263,8 @@ class Trainer:
         while self.step < tc['steps']:
             self.log(self.train_step(), t0)
             bar.update(1)
+            if tc.get('preview_every') and self.step % tc['preview_every'] == 0:
+                self.preview()
             if self.step % tc['checkpoint_every'] == 0:
                 self.save()
                 saved = self.step

@@ -89,14 +89,22 @@ def to_tensor(im: Image.Image) -> Tensor:
     return x.float() / 127.5 - 1
 
 
-def load_for_bucket(path: Union[str, Path], w: int, h: int,
-                    generator: Optional[torch.Generator] = None) -> Tensor:
-    """An image scaled to cover (w, h) and randomly cropped to it (§4.1.3): float32 [3, h, w] in [−1, 1]."""
+def load_cropped(path: Union[str, Path], w: int, h: int,
+                 generator: Optional[torch.Generator] = None) -> tuple[Tensor, tuple[int, int], tuple[int, int]]:
+    """load_for_bucket plus what SDXL's size conditioning needs: (image, original (h, w), crop (top, left)),
+    the crop in the resized image's pixels (as SDXL and sd-scripts define ``crop_coords_top_left``)."""
     im = open_rgb(path)
+    original = (im.size[1], im.size[0])
     W2, H2, left, top = cover_crop_box(*im.size, w, h, generator)
     if (W2, H2) != im.size:
         im = im.resize((W2, H2), Image.LANCZOS)
-    return to_tensor(im.crop((left, top, left + w, top + h)))
+    return to_tensor(im.crop((left, top, left + w, top + h))), original, (top, left)
+
+
+def load_for_bucket(path: Union[str, Path], w: int, h: int,
+                    generator: Optional[torch.Generator] = None) -> Tensor:
+    """An image scaled to cover (w, h) and randomly cropped to it (§4.1.3): float32 [3, h, w] in [−1, 1]."""
+    return load_cropped(path, w, h, generator)[0]
 
 
 class ImageFolderDataset(Dataset):
@@ -105,7 +113,8 @@ class ImageFolderDataset(Dataset):
     Attributes: paths, sizes int64 [N, 2], buckets [K, 2], bucket (nearest bucket per item) and
     bucket_idx (the same with −1 where pruned; feed it to BucketSampler), n_pruned, n_skipped.
     Items: key is a BucketKey/(index, w, h) from BucketSampler, or an int (loads at its own bucket).
-    Returns {'index', 'image' ([3, h, w] in [−1, 1], or None if unreadable), 'tags', 'bucket' (w, h)}.
+    Returns {'index', 'image' ([3, h, w] in [−1, 1], or None if unreadable), 'tags', 'bucket' (w, h),
+    'original_size' (h, w) as displayed, 'crop' (top, left) in the resized image}.
     """
 
     def __init__(self, root: Union[str, Path], buckets: Optional[np.ndarray] = None, log_space: bool = True,
@@ -130,10 +139,11 @@ class ImageFolderDataset(Dataset):
 
     def load(self, i: int, w: int, h: int, generator: Optional[torch.Generator] = None) -> dict:
         try:
-            image = load_for_bucket(self.paths[i], w, h, generator)
+            image, original, crop = load_cropped(self.paths[i], w, h, generator)
         except Exception:
-            image, self.n_skipped = None, self.n_skipped + 1
-        return {'index': i, 'image': image, 'tags': read_tags(self.paths[i]), 'bucket': (w, h)}
+            (image, original, crop), self.n_skipped = (None, (h, w), (0, 0)), self.n_skipped + 1
+        return {'index': i, 'image': image, 'tags': read_tags(self.paths[i]), 'bucket': (w, h),
+                'original_size': original, 'crop': crop}
 
     def __getitem__(self, key) -> dict:
         if isinstance(key, tuple):
@@ -149,9 +159,16 @@ class ImageFolderDataset(Dataset):
 
 def collate_images(items: Sequence[dict]) -> dict:
     """Stack one bucket's items, dropping unreadable ones: {'image' [B', 3, h, w], 'index' [B'], 'tags',
-    'skipped' (int)}; B' may be 0."""
+    'original_size' / 'crop' [B', 2] ((h, w) / (top, left), for SDXL's add_time_ids), 'skipped' (int)};
+    B' may be 0."""
     ok = [it for it in items if it['image'] is not None]
     w, h = items[0]['bucket'] if items else (0, 0)
     image = torch.stack([it['image'] for it in ok]) if ok else torch.empty(0, 3, h, w)
     return {'image': image, 'index': torch.tensor([it['index'] for it in ok], dtype=torch.long),
-            'tags': [it['tags'] for it in ok], 'skipped': len(items) - len(ok)}
+            'tags': [it['tags'] for it in ok], 'skipped': len(items) - len(ok),
+            'original_size': _pairs([it.get('original_size', (h, w)) for it in ok]),
+            'crop': _pairs([it.get('crop', (0, 0)) for it in ok])}
+
+
+def _pairs(values: Sequence) -> Tensor:
+    return torch.tensor([list(v) for v in values], dtype=torch.long).reshape(-1, 2)

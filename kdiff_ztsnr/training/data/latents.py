@@ -132,7 +132,9 @@ def cache_latents(dataset: ImageFolderDataset, encode: Callable[[Tensor], Tensor
         for it, zi in zip(ok, z):
             i = it['index']
             writer.add({'key': str(i), 'id': i, 'name': dataset.name(i), 'bucket': [w, h],
-                        'size': dataset.sizes[i].tolist(), 'tags': it['tags']}, zi.to(dtype))
+                        'size': dataset.sizes[i].tolist(), 'tags': it['tags'],
+                        'original_size': list(it.get('original_size', (h, w))), 'crop': list(it.get('crop', (0, 0)))},
+                       zi.to(dtype))
     writer.flush()
     for stale in out.glob('shard-*.safetensors'):
         if int(stale.stem.split('-')[1]) >= writer.n_shards:
@@ -210,7 +212,9 @@ class LatentCacheDataset(Dataset):
         z = self._files[e['shard']].get_tensor(e['key'])
         if self.normalize:
             z = normalize(z, self.mean, self.std)
-        return {'index': i, 'id': e['id'], 'latent': z, 'tags': e['tags'], 'bucket': tuple(e['bucket'])}
+        w, h = e['bucket']
+        return {'index': i, 'id': e['id'], 'latent': z, 'tags': e['tags'], 'bucket': (w, h),
+                'original_size': tuple(e.get('original_size', (h, w))), 'crop': tuple(e.get('crop', (0, 0)))}
 
 
 def collate_latents(items: Sequence[dict], generator: Optional[torch.Generator] = None) -> dict:
@@ -224,4 +228,6 @@ def collate_latents(items: Sequence[dict], generator: Optional[torch.Generator] 
         left = int(torch.randint(z.shape[-1] - w + 1, (), generator=generator))
         crops.append(z[..., top:top + h, left:left + w])
     return {'latent': torch.stack(crops), 'index': torch.tensor([it['index'] for it in items]),
-            'tags': [it['tags'] for it in items]}
+            'tags': [it['tags'] for it in items],
+            'original_size': torch.tensor([list(it.get('original_size', (0, 0))) for it in items]).reshape(-1, 2),
+            'crop': torch.tensor([list(it.get('crop', (0, 0))) for it in items]).reshape(-1, 2)}

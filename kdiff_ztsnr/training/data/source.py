@@ -61,7 +61,7 @@ def dataset_captions(dataset) -> list[list[str]]:
 
 class BatchSource:
     """Endless batches from a BucketSampler over this rank's shard: {'x0' [B', C, H, W], 'prompts',
-    'index' [B'], 'skipped'}. Unreadable images are dropped (B' ≤ B) and counted; an all-unreadable batch is
+    'index' [B'], 'original_size' and 'crop' [B', 2] (SDXL size conditioning), 'skipped'}. Unreadable images are dropped (B' ≤ B) and counted; an all-unreadable batch is
     replaced by the next one, so every rank always computes a loss."""
 
     def __init__(self, dataset, sampler: BucketSampler, seed: int, threads: int = 0):
@@ -89,12 +89,14 @@ class BatchSource:
         else:
             items = [load(i) for i in indices]
         b = collate_images(items)
-        return {'x0': b['image'], 'tags': b['tags'], 'index': b['index'], 'skipped': b['skipped']}
+        return {'x0': b['image'], 'tags': b['tags'], 'index': b['index'], 'skipped': b['skipped'],
+                'original_size': b['original_size'], 'crop': b['crop']}
 
     def _load_latents(self, epoch: int, indices: list[int]) -> dict:
         g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, *indices))
         b = collate_latents([self.dataset[i] for i in indices], g)
-        return {'x0': b['latent'].float(), 'tags': b['tags'], 'index': b['index'], 'skipped': 0}
+        return {'x0': b['latent'].float(), 'tags': b['tags'], 'index': b['index'], 'skipped': 0,
+                'original_size': b['original_size'], 'crop': b['crop']}
 
     def next(self) -> dict:
         if self._it is None:

@@ -1,0 +1,128 @@
+"""The trainer's SDXL path (``model.type: "sdxl"``): the UNet is trained, its VAE and two CLIP encoders are frozen.
+
+- conditioning (§4.2): CLIP-L ⊕ bigG penultimate states over up to 3 × 75-token chunks, pooled = mean of the
+  chunks' pooled bigG states (`text.TextConditioner`); SDXL's size conditioning ``add_time_ids`` = original
+  (h, w), crop (top, left), target (h, w) of each item's real bucket resize and crop (`data.images.load_cropped`).
+- latents: images are encoded on the fly by the VAE (float32, ``dist.mode()``), or read from a latent cache
+  written through the same VAE (`cache_sdxl_latents`, per bucket resolution; a complete cache is reused).
+  Both are normalised (z − μ)/σ with ``model.latent_stats`` (None: SDXL's ×0.13025, what UIs assume;
+  'nai_anime'; 'cache': the cache's Welford statistics, appendix B; or [mean, std]).
+- outputs (in each checkpoint): ``sdxl.safetensors``, the EMA UNet with the frozen VAE/encoders as one SGM
+  single file with ComfyUI's ``v_pred``/``ztsnr`` markers; ``diffusers/`` on request; for LoRA
+  ``lora.safetensors`` (kohya keys) from the EMA adapter, and the merged single file on request.
+"""
+
+import copy
+from pathlib import Path
+import torch
+from torch import Tensor
+
+from ..models import alphas_cumprod_for
+from ..models.sdxl import latent_stats_for, save_pretrained, save_single_file, sdxl_pipeline, time_ids
+from ..models.sdxl.train import load_parts, text_options
+from ..models.sdxl.unet import SDXLUNetInner
+from ..models.sdxl.vae import normalize, vae_encode, vae_factor
+from ..text import TextConditioner
+from .lora import add_lora, lora_options, merge_lora, save_kohya_lora
+
+CACHE_SUBDIR = 'latents'
+
+
+class SDXLTraining:
+    """Loads the parts, prepares batches (latents + per-item add_time_ids) and writes the loadable outputs."""
+
+    def __init__(self, config: dict):
+        mc, tc = config['model'], config['training']
+        unet, vae, text, self.info = load_parts(mc)
+        self.text = TextConditioner(list(text.encoders), text.tokenizers, **text_options(config['text']))
+        self.text.eval().requires_grad_(False)
+        self.vae = vae.float().eval().requires_grad_(False)
+        self.factor = vae_factor(vae)
+        self.latent_stats = mc.get('latent_stats')
+        self.mean, self.std = latent_stats_for(vae, None if self.latent_stats == 'cache' else self.latent_stats)
+        self.lora = lora_options(mc.get('lora'))
+        if self.lora:
+            add_lora(unet, self.lora['rank'], self.lora['alpha'], self.lora['targets'], self.lora['dropout'])
+        if tc.get('gradient_checkpointing'):
+            unet.enable_gradient_checkpointing()
+        if tc.get('compile'):
+            unet.compile()                      # in place: state-dict keys unchanged
+        self.inner = SDXLUNetInner(unet, self.factor)
+        self.ztsnr = bool(mc.get('zero_terminal_snr', True))
+        self.save_single = tc.get('save_single_file', True)
+        self.save_diffusers = tc.get('save_diffusers', False)
+
+    def to(self, device) -> 'SDXLTraining':
+        self.vae.to(device)
+        self.text.to(device)
+        return self
+
+    def use_cache_stats(self, dataset) -> None:
+        """latent_stats 'cache': normalise with the latent cache's own Welford mean/std (appendix B)."""
+        if self.latent_stats == 'cache':
+            if not hasattr(dataset, 'mean'):
+                raise ValueError("model.latent_stats 'cache' needs a latent cache (dataset.type 'latents' or "
+                                 "dataset.cache_latents)")
+            self.mean, self.std = dataset.mean.float(), dataset.std.float()
+
+    @torch.no_grad()
+    def prepare(self, batch: dict, device) -> tuple[Tensor, dict]:
+        """(normalised latents x0 [B, 4, h, w], {'add_time_ids' [B, 6]}) of a batch of images or raw latents."""
+        x = batch['x0']
+        if x.shape[1] == 3:                                  # pixels: encode through the VAE
+            z = vae_encode(self.vae, x.to(device), self.mean, self.std)
+        else:                                                # raw cached latents
+            z = normalize(x.to(device).float(), self.mean, self.std)
+        b, (h, w) = len(z), (z.shape[-2] * self.factor, z.shape[-1] * self.factor)
+        ids = time_ids(batch['original_size'], batch['crop'], (h, w), b, device)
+        return z.float(), {'add_time_ids': ids}
+
+    def pipeline(self, inner: SDXLUNetInner):
+        """The package's Pipeline around a (trained) UNet and the frozen parts, e.g. for previews."""
+        return sdxl_pipeline(inner.unet, self.vae, self.text, alphas_cumprod_for(self.ztsnr), self.mean,
+                             self.std, {'name': 'preview', 'prediction_type': 'v', 'zero_terminal_snr': self.ztsnr})
+
+    def export(self, ckpt: Path, ema: SDXLUNetInner, step: int) -> None:
+        """The loadable outputs of one checkpoint (module docstring), from the EMA weights."""
+        unet = ema.unet
+        if self.lora:
+            save_kohya_lora(unet, ckpt / 'lora.safetensors', self.lora['alpha'], {'step': step})
+            if not self.lora.get('save_merged'):
+                return
+            unet = merge_lora(copy.deepcopy(unet))
+        pipe = self.pipeline(SDXLUNetInner(unet, self.factor))
+        if self.save_single:
+            save_single_file(pipe, ckpt / 'sdxl.safetensors')
+        if self.save_diffusers:
+            save_pretrained(pipe, ckpt / 'diffusers')
+
+
+def cache_sdxl_latents(parts: SDXLTraining, dataset, out_dir: Path, batch_size: int = 8, seed: int = 0,
+                       device='cpu') -> Path:
+    """Encode an image dataset through the model's VAE (float32, raw latents) per bucket resolution into a
+    latent cache with Welford statistics; an existing complete cache (stats.safetensors written last) is
+    reused, so an interrupted run resumes by re-encoding only what is missing as a whole."""
+    from .data.latents import STATS_FILE, cache_latents
+    if (Path(out_dir) / STATS_FILE).is_file():
+        return Path(out_dir)
+    vae = parts.vae.to(device)
+
+    def encode(images: Tensor) -> Tensor:
+        p = next(vae.parameters())
+        return vae.encode(images.to(p.device, p.dtype)).latent_dist.mode().float()
+    cache_latents(dataset, encode, out_dir, batch_size=batch_size, seed=seed)
+    return Path(out_dir)
+
+
+def sdxl_dataset(parts: SDXLTraining, dataset_config: dict, dataset, out_dir: Path, seed: int,
+                 device='cpu'):
+    """dataset.cache_latents: replace an image dataset by its latent cache (raw latents, read unnormalised)."""
+    from .data.latents import LatentCacheDataset
+    if dataset_config.get('cache_latents') and not isinstance(dataset, LatentCacheDataset):
+        cache_dir = Path(dataset_config.get('cache_dir') or Path(out_dir) / CACHE_SUBDIR)
+        cache_sdxl_latents(parts, dataset, cache_dir, seed=seed, device=device)
+        dataset = LatentCacheDataset(cache_dir, normalize=False)
+    elif isinstance(dataset, LatentCacheDataset):
+        dataset.normalize = False                # SDXLTraining.prepare normalises with model.latent_stats
+    parts.use_cache_stats(dataset)
+    return dataset
