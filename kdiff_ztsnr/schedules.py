@@ -157,7 +157,7 @@ def table_t(sigma: float, sigma_table: Tensor) -> float:
     """The fractional timestep of a finite σ on the table (log-linear between entries); refuses σ off the table."""
     log_t = _finite_table(sigma_table).log()
     s = math.log(check_finite_sigma_max(sigma, 'sigma'))
-    if not log_t[0] - 1e-9 <= s <= log_t[-1] + 1e-9:
+    if not log_t[0] - 1e-5 <= s <= log_t[-1] + 1e-5:        # 1e-5: float32 round-off of a table σ
         raise ValueError(f'sigma={sigma:.6g} is outside the table [{log_t[0].exp():.6g}, {log_t[-1].exp():.6g}]')
     i = int(torch.searchsorted(log_t, torch.tensor(s, dtype=torch.float64)).clamp(1, len(log_t) - 1))
     return i - 1 + ((s - log_t[i - 1]) / (log_t[i] - log_t[i - 1])).clamp(0, 1).item()
@@ -196,9 +196,11 @@ def get_sigmas_sgm_uniform(n: int, sigma_table: Tensor, sigma_max: Optional[floa
 
 def get_sigmas_simple(n: int, sigma_table: Tensor, sigma_max: Optional[float] = None, prepend_inf: bool = True,
                       device='cpu') -> Tensor:
-    """'simple': table entries at integer t = t_top − ⌊i·(t_top + 1)/m⌋, i < m (a stride from the top)."""
-    m, top = _finite_count(n, prepend_inf), math.floor(_t_top(sigma_table, sigma_max) + 1e-9)
-    t = top - torch.floor(torch.arange(m, dtype=torch.float64) * (top + 1) / m)
+    """'simple': table entries at integer t = t_top − ⌊i·(t_top + 1)/m⌋, i < m (a stride from the top; a
+    fractional t_top, from a σ_max between entries, shifts every t by its fraction so σ_max stays first)."""
+    m, t_top = _finite_count(n, prepend_inf), _t_top(sigma_table, sigma_max)
+    top = math.floor(t_top + 1e-9)
+    t = t_top - torch.floor(torch.arange(m, dtype=torch.float64) * (top + 1) / m)
     return _from_t(t, sigma_table, prepend_inf, device)
 
 
@@ -207,11 +209,13 @@ def get_sigmas_trailing(n: int, sigma_table: Tensor, sigma_max: Optional[float] 
     """diffusers' timestep_spacing='trailing': t_i = round(T − i·T/n) − 1 with T = t_top + 1 timesteps.
 
     With ∞ prepended the ∞ is timestep t_top + 1 (T = t_top + 2) and is the i = 0 step; for the ZTSNR
-    table (t_top = 998) this is exactly diffusers' trailing schedule with rescale_betas_zero_snr."""
-    top = math.floor(_t_top(sigma_table, sigma_max) + 1e-9)
+    table (t_top = 998) this is exactly diffusers' trailing schedule with rescale_betas_zero_snr. A fractional
+    t_top shifts every t by its fraction (as 'simple')."""
+    t_top = _t_top(sigma_table, sigma_max)
+    top = math.floor(t_top + 1e-9)
     big_t = top + (2 if prepend_inf else 1)
     i = torch.arange(1 if prepend_inf else 0, n, dtype=torch.float64)
-    t = torch.round(big_t - i * big_t / n) - 1
+    t = torch.round(big_t - i * big_t / n) - 1 + (t_top - top)
     return _from_t(t, sigma_table, prepend_inf, device)
 
 

@@ -149,3 +149,20 @@ def test_demo_grid_and_table(ckpt, tmp_path, capsys):
     assert 'completely black' in out and 'clamp 20000' in out and 'sigma_max 14.6146' in out
     grid = Image.open(tmp_path / 'regimes.png')
     assert grid.size[1] == 15 * (16 + 2)                              # 5 prompts x 3 regimes
+
+
+def test_clamp_regime_keeps_the_exact_finite_part(ckpt, monkeypatch):
+    """Issue #11: ztsnr='clamp' replaces only σ = ∞ by 20000; the finite part below is the exact regime's."""
+    from kdiff_ztsnr import generate as gen
+    seen = {}
+    euler = gen.SAMPLERS['euler']
+
+    def spy(model, x, sigmas, **kw):
+        seen.setdefault('sigmas', []).append(sigmas.clone())
+        return euler(model, x, sigmas, **kw)
+    monkeypatch.setitem(gen.SAMPLERS, 'euler', spy)
+    pipe = load_pipeline(ckpt)
+    for regime in ('exact', 'clamp'):
+        generate(pipe, GenerationParams(prompt='x', steps=6, width=16, height=16, sampler='euler', ztsnr=regime))
+    exact, clamp = seen['sigmas']
+    assert math.isinf(exact[0]) and clamp[0].item() == 20000. and torch.equal(exact[1:], clamp[1:])
