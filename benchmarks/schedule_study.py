@@ -139,34 +139,58 @@ def ui_specs() -> dict:
             for name in schedule_policy.SCHEDULE_NAMES}
 
 
-def search_specs(tops=(20000., 5000., None, 1000., 500., 250.)) -> dict:
+def search_specs(tops=(100., 250., 500., 1000., 1500., None, 5000., 20000.),
+                 rhos=(2., 3., 4., 5., 7.)) -> dict:
     """Family × top σ of the finite part (beta reads the table, so only tops on it)."""
     out = {}
     for top in tops:
-        fams = [('karras', r) for r in (3., 5., 7., 10., 14.)] + [('kl_optimal', 7.), ('exponential', 7.)]
-        for fam, rho in fams + ([("beta", 7.)] if top is None or top < 2254 else []):
+        fams = [('karras', r) for r in rhos] + [('kl_optimal', 7.), ('exponential', 7.)]
+        for fam, rho in fams + ([('beta', 7.)] if top is None or top < 2254 else []):
             spec = schedule_policy.Spec(fam, top, rho)
             out[spec.label] = lambda m, n, sm, sp=spec: schedule_policy.build(m, sp, n)
     return out
 
 
-def worst(rows, name, sampler, train_only=True) -> tuple:
-    sel = [r for r in rows if r['schedule'] == name and r['sampler'] == sampler and not (train_only and r['held_out'])]
-    return max(r['score'] for r in sel), sum(r['score'] for r in sel) / len(sel)
+def worst(rows, name, sampler, held_out=False) -> tuple:
+    """(mean over seeds of the worst score over subjects, mean score) of one schedule and sampler."""
+    sel = [r for r in rows if r['schedule'] == name and r['sampler'] == sampler and r['held_out'] == held_out]
+    seeds = sorted({r['seed'] for r in sel})
+    per_seed = [max(r['score'] for r in sel if r['seed'] == sd) for sd in seeds]
+    return sum(per_seed) / len(per_seed), sum(r['score'] for r in sel) / len(sel)
 
 
 def search(a, subjs, refs, log) -> dict:
-    """Per sampler: the spec with the smallest worst score (then mean) over the train subjects at --nfe."""
-    train = [(s, r) for s, r in zip(subjs, refs) if not s.held_out]
-    specs = search_specs((None, 500.)) if a.smoke else search_specs()
-    rows = evaluate([s for s, _ in train], [r for _, r in train], specs, a.samplers, a.nfe, a.samples, a.seed, log)
+    """Per sampler: the spec with the smallest worst score over the train subjects at --nfe (mean over
+    --seeds noises), then its held-out score."""
+    specs = search_specs((None, 500.), (3., 7.)) if a.smoke else search_specs()
+    rows = []
+    for seed in a.seeds:
+        rows += [{**r, 'seed': seed} for r in evaluate(subjs, refs, specs, a.samplers, a.nfe, a.samples, seed, log)]
     best = {sm: min(specs, key=lambda nm: worst(rows, nm, sm)) for sm in a.samplers}
     table = []
     for sm in a.samplers:
         ranked = sorted(specs, key=lambda nm: worst(rows, nm, sm))[:8]
-        table += [[sm, nm, *worst(rows, nm, sm)] for nm in ranked]
-    md = md_table(['sampler', 'schedule', 'worst score (train)', 'mean score (train)'], table)
+        table += [[sm, nm, *worst(rows, nm, sm), *worst(rows, nm, sm, True)] for nm in ranked]
+    md = md_table(['sampler', 'schedule', 'worst score (train)', 'mean score (train)', 'worst score (held out)',
+                   'mean score (held out)'], table)
+    md += '\n\n' + sigma1_table(rows, a.samplers, 3. if not a.smoke else 3.)
     return {'rows': rows, 'best': best, 'md': md}
+
+
+def sigma1_table(rows, samplers, rho: float) -> str:
+    """The first finite σ (= the top of a Karras ramp of fixed ρ) per sampler: mean score over seeds, and the
+    uniform16 spread (data: the Reference's), every subject."""
+    tops = list(dict.fromkeys(r['sigma1'] for r in rows if r['schedule'].startswith(f'karras ρ={rho:g} ')))
+    out = []
+    for sm in samplers:
+        for top in sorted(tops):
+            sel = [r for r in rows if r['sampler'] == sm and r['schedule'].startswith(f'karras ρ={rho:g} ')
+                   and r['sigma1'] == top]
+            subj = list(dict.fromkeys(r['subject'] for r in sel))
+            out.append([sm, top] + [sum(r['score'] for r in sel if r['subject'] == x) /
+                                    sum(1 for r in sel if r['subject'] == x) for x in subj])
+    return (f'First finite σ₁ (Karras ρ={rho:g} from σ₁ to σ_min, ∞ first), mean score over seeds per subject '
+            f'({", ".join(subj)}):\n\n' + md_table(['sampler', 'σ₁'] + subj, out))
 
 
 def study_table(rows, refs, nfe) -> str:
@@ -215,13 +239,14 @@ def main(argv=None):
     p.add_argument('--latent', type=int, nargs=2, default=[104, 152])
     p.add_argument('--threads', type=int, default=None)
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='search: noises to average over')
     p.add_argument('--out', default=None)
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     a.nfe = a.nfe or ([28] if a.search else [10, 20, 28, 50])
     if a.smoke:
-        a.samples, a.nfe, a.latent, a.samplers = 64, [6], [8, 8], ['euler', 'euler_ancestral']
+        a.samples, a.nfe, a.latent, a.samplers, a.seeds = 64, [6], [8, 8], ['euler', 'euler_ancestral'], [0]
     out, t0 = common.out_dir(a.out), time.perf_counter()
     subjs = subjects((4, *a.latent))
     refs = [Reference(s, a.samples, trials=30 if a.smoke else 300) for s in subjs]
