@@ -135,8 +135,10 @@ def evaluate(subjs, refs, specs: dict, samplers, nfes, n, seed, log, per_sampler
 
 
 def ui_specs() -> dict:
-    return {name: (lambda m, n, sm, k=name: schedule_policy.sigmas_from_inf(m, k, n, sampler=sm))
-            for name in schedule_policy.SCHEDULE_NAMES}
+    """The package's schedules ('karras' = the former default ρ=7 from 2254.24; polyexponential is left out:
+    its ρ = 1 makes it the exponential schedule) and 'recommended', resolved per sampler."""
+    names = [n for n in schedule_policy.SCHEDULE_NAMES if n != 'polyexponential'] + ['recommended']
+    return {name: (lambda m, n, sm, k=name: schedule_policy.sigmas_from_inf(m, k, n, sampler=sm)) for name in names}
 
 
 def search_specs(tops=(100., 250., 500., 1000., 1500., None, 5000., 20000.),
@@ -161,10 +163,14 @@ def worst(rows, name, sampler, held_out=False) -> tuple:
 
 def search(a, subjs, refs, log) -> dict:
     """Per sampler: the spec with the smallest worst score over the train subjects at --nfe (mean over
-    --seeds noises), then its held-out score."""
+    --seeds noises), then its held-out score. --tables-from: the rows of an earlier run's JSON, re-tabulated."""
     specs = search_specs((None, 500.), (3., 7.)) if a.smoke else search_specs()
     rows = []
-    for seed in a.seeds:
+    if a.tables_from:
+        import json
+        rows = json.loads(open(a.tables_from).read())['rows']
+        specs = dict.fromkeys(r['schedule'] for r in rows)
+    for seed in ([] if a.tables_from else a.seeds):
         rows += [{**r, 'seed': seed} for r in evaluate(subjs, refs, specs, a.samplers, a.nfe, a.samples, seed, log)]
     best = {sm: min(specs, key=lambda nm: worst(rows, nm, sm)) for sm in a.samplers}
     table = []
@@ -240,6 +246,7 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=None)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='search: noises to average over')
+    p.add_argument('--tables-from', default=None, help='search: re-tabulate the rows of this JSON, run nothing')
     p.add_argument('--out', default=None)
     a = p.parse_args(argv)
     if a.threads:
@@ -249,7 +256,7 @@ def main(argv=None):
         a.samples, a.nfe, a.latent, a.samplers, a.seeds = 64, [6], [8, 8], ['euler', 'euler_ancestral'], [0]
     out, t0 = common.out_dir(a.out), time.perf_counter()
     subjs = subjects((4, *a.latent))
-    refs = [Reference(s, a.samples, trials=30 if a.smoke else 300) for s in subjs]
+    refs = [] if a.tables_from else [Reference(s, a.samples, trials=30 if a.smoke else 300) for s in subjs]
     print(f'schedule study: {a.samples} samples, latent 4×{a.latent[0]}×{a.latent[1]}, NFE {a.nfe}, {a.samplers}; '
           f'floors in {time.perf_counter() - t0:.0f}s')
     if a.search:
