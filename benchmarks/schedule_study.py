@@ -26,10 +26,8 @@ schedules_study.{md,json,png} (``--search``: schedules_search.{md,json}).
 
 import argparse
 import itertools
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 
@@ -119,9 +117,8 @@ def run_one(subj: Subject, ref: Reference, noise, sigmas, sampler: str, seed: in
     return st
 
 
-def evaluate(subjs, refs, specs: dict, samplers, nfes, n, seed, log, per_sampler: Optional[dict] = None) -> list:
-    """specs: name -> f(model, n, sampler) giving sigmas; per_sampler names the spec each sampler reports as
-    'recommended'."""
+def evaluate(subjs, refs, specs: dict, samplers, nfes, n, seed, log) -> list:
+    """specs: name -> f(model, n, sampler) giving sigmas; one row per subject × NFE × spec × sampler."""
     rows, t0 = [], time.perf_counter()
     for subj, ref in zip(subjs, refs):
         noise = subj.space.noise(n, seed)
