@@ -235,19 +235,21 @@ def main(argv=None):
 MODEL_SCHEDULES = ['native', 'karras ρ=7', 'exponential', 'polyexp ρ=2']
 
 
-def model_specs(names, sigma_top):
-    """name -> f(model, n); the package's make_sigmas where it has the schedule, schedule_specs otherwise."""
+def model_specs(names, sigma_top, sampler=None):
+    """name -> f(model, n); the package's make_sigmas where it has the schedule ('recommended' resolved for
+    `sampler`), schedule_specs otherwise."""
     from kdiff_ztsnr.generation.generate import make_sigmas
+    from kdiff_ztsnr.generation.params import SCHEDULES
     specs = schedule_specs(sigma_top)
-    pkg = {'native': 'native', 'karras ρ=7': 'karras', 'exponential': 'exponential'}
+    pkg = {'karras ρ=7': 'karras', **{k: k for k in SCHEDULES}}
     out = {}
     for name in names:
         if name in pkg:
-            out[name] = lambda m, n, kind=pkg[name]: make_sigmas(m, kind, n)
+            out[name] = lambda m, n, kind=pkg[name]: make_sigmas(m, kind, n, sampler=sampler)
         elif name in specs:
             out[name] = specs[name]
         else:
-            raise SystemExit(f'unknown schedule {name!r}; choose from {", ".join(specs)}')
+            raise SystemExit(f'unknown schedule {name!r}; choose from {", ".join([*specs, *SCHEDULES])}')
     return out
 
 
@@ -264,7 +266,7 @@ def main_trained(a):
     t0 = time.perf_counter()
     subject = trained.TrainedSubject(a.model)
     model = subject.denoiser()
-    specs = model_specs(names, float(model.sigma_max_finite))
+    specs = model_specs(names, float(model.sigma_max_finite), samplers[0])
     tasks = trained.default_tasks(n, n_u, a.scales)
     floors = {t: {**subject.w1_floor(t.n, t.prompt), 'data_spread': subject.reference(t.prompt).mean(1).std().item()}
               for t in tasks if not t.prompt}

@@ -5,6 +5,7 @@ builders return k-diffusion's layout: a descending 1-D tensor of sigmas with 0 a
 """
 
 import math
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -149,3 +150,116 @@ def validate_sigmas(sigmas: Tensor) -> None:
         i = bad[0].item() + (1 if inf_at else 0)
         raise ValueError(f'sigmas must be strictly decreasing, but sigmas[{i}]={sigmas[i].item():.6g} <= '
                          f'sigmas[{i + 1}]={sigmas[i + 1].item():.6g}')
+
+
+# ---------------------------------------------------------------------------------------------- UI schedules
+# The schedules of the UIs (ComfyUI/A1111/diffusers), all defined over a finite range. From ∞ they keep
+# k-diffusion's convention: n model calls = ∞, then n − 1 finite sigmas whose top is `sigma_max`, then 0.
+# Table-based ones take the model's σ table (ascending; a trailing ∞ is ignored) and read it at fractional
+# timesteps t by log-linear interpolation, as DiscreteVDenoiser.t_to_sigma and k-diffusion do.
+
+def _finite_count(n: int, prepend_inf: bool) -> int:
+    m = n - 1 if prepend_inf else n
+    if m < 1:
+        raise ValueError(f'n={n} model calls leave no finite sigma; need n >= {2 if prepend_inf else 1}')
+    return m
+
+
+def _finite_table(sigma_table: Tensor) -> Tensor:
+    table = torch.as_tensor(sigma_table, dtype=torch.float64)
+    return table[table.isfinite()]
+
+
+def table_t(sigma: float, sigma_table: Tensor) -> float:
+    """The fractional timestep of a finite σ on the table (log-linear between entries); refuses σ off the table."""
+    log_t = _finite_table(sigma_table).log()
+    s = math.log(check_finite_sigma_max(sigma, 'sigma'))
+    if not log_t[0] - 1e-5 <= s <= log_t[-1] + 1e-5:        # 1e-5: float32 round-off of a table σ
+        raise ValueError(f'sigma={sigma:.6g} is outside the table [{log_t[0].exp():.6g}, {log_t[-1].exp():.6g}]')
+    i = int(torch.searchsorted(log_t, torch.tensor(s, dtype=torch.float64)).clamp(1, len(log_t) - 1))
+    return i - 1 + ((s - log_t[i - 1]) / (log_t[i] - log_t[i - 1])).clamp(0, 1).item()
+
+
+def table_sigma(t: Tensor, sigma_table: Tensor) -> Tensor:
+    """σ(t) on the finite table, log-linear between integer timesteps, float64."""
+    log_t = _finite_table(sigma_table).log()
+    t = torch.as_tensor(t, dtype=torch.float64).clamp(0, len(log_t) - 1)
+    lo = t.floor().long().clamp(max=len(log_t) - 2)
+    return torch.lerp(log_t[lo], log_t[lo + 1], t - lo).exp()
+
+
+def _from_t(t: Tensor, sigma_table: Tensor, prepend_inf: bool, device) -> Tensor:
+    return _finish(table_sigma(t, sigma_table).float(), prepend_inf, device)
+
+
+def _t_top(sigma_table: Tensor, sigma_max: Optional[float]) -> float:
+    return float(len(_finite_table(sigma_table)) - 1) if sigma_max is None else table_t(sigma_max, sigma_table)
+
+
+def get_sigmas_normal(n: int, sigma_table: Tensor, sigma_max: Optional[float] = None, prepend_inf: bool = True,
+                      device='cpu') -> Tensor:
+    """'normal' (k-diffusion's DiscreteSchedule.get_sigmas): t uniform from t(σ_max) to 0, both included."""
+    t = torch.linspace(_t_top(sigma_table, sigma_max), 0, _finite_count(n, prepend_inf), dtype=torch.float64)
+    return _from_t(t, sigma_table, prepend_inf, device)
+
+
+def get_sigmas_sgm_uniform(n: int, sigma_table: Tensor, sigma_max: Optional[float] = None,
+                           prepend_inf: bool = True, device='cpu') -> Tensor:
+    """'sgm_uniform' (SGM's discretisation): t uniform over [t(σ_max), 0] in m + 1 points, the last (t = 0) dropped."""
+    m = _finite_count(n, prepend_inf)
+    t = torch.linspace(_t_top(sigma_table, sigma_max), 0, m + 1, dtype=torch.float64)[:-1]
+    return _from_t(t, sigma_table, prepend_inf, device)
+
+
+def get_sigmas_simple(n: int, sigma_table: Tensor, sigma_max: Optional[float] = None, prepend_inf: bool = True,
+                      device='cpu') -> Tensor:
+    """'simple': table entries at integer t = t_top − ⌊i·(t_top + 1)/m⌋, i < m (a stride from the top; a
+    fractional t_top, from a σ_max between entries, shifts every t by its fraction so σ_max stays first)."""
+    m, t_top = _finite_count(n, prepend_inf), _t_top(sigma_table, sigma_max)
+    top = math.floor(t_top + 1e-9)
+    t = t_top - torch.floor(torch.arange(m, dtype=torch.float64) * (top + 1) / m)
+    return _from_t(t, sigma_table, prepend_inf, device)
+
+
+def get_sigmas_trailing(n: int, sigma_table: Tensor, sigma_max: Optional[float] = None, prepend_inf: bool = True,
+                        device='cpu') -> Tensor:
+    """diffusers' timestep_spacing='trailing': t_i = round(T − i·T/n) − 1 with T = t_top + 1 timesteps.
+
+    With ∞ prepended the ∞ is timestep t_top + 1 (T = t_top + 2) and is the i = 0 step; for the ZTSNR
+    table (t_top = 998) this is exactly diffusers' trailing schedule with rescale_betas_zero_snr. A fractional
+    t_top shifts every t by its fraction (as 'simple')."""
+    t_top = _t_top(sigma_table, sigma_max)
+    top = math.floor(t_top + 1e-9)
+    big_t = top + (2 if prepend_inf else 1)
+    i = torch.arange(1 if prepend_inf else 0, n, dtype=torch.float64)
+    t = torch.round(big_t - i * big_t / n) - 1 + (t_top - top)
+    return _from_t(t, sigma_table, prepend_inf, device)
+
+
+def get_sigmas_beta(n: int, sigma_table: Tensor, sigma_max: Optional[float] = None, alpha: float = 0.6,
+                    beta: float = 0.6, prepend_inf: bool = True, device='cpu') -> Tensor:
+    """Lee et al. 2024 ("Beta sampling is all you need"): t_i = t_top·F⁻¹(1 − i/m), i < m, F the Beta(α, β)
+    CDF (α = β = 0.6 as ComfyUI's default; like ComfyUI the last finite t is F⁻¹(1/m)·t_top, then 0)."""
+    from scipy.special import betaincinv
+    m = _finite_count(n, prepend_inf)
+    u = 1 - torch.arange(m, dtype=torch.float64) / m
+    t = _t_top(sigma_table, sigma_max) * torch.from_numpy(betaincinv(alpha, beta, u.numpy()))
+    return _from_t(t, sigma_table, prepend_inf, device)
+
+
+def get_sigmas_kl_optimal(n: int, sigma_min: float, sigma_max: float, prepend_inf: bool = True,
+                          device='cpu') -> Tensor:
+    """Sabour et al. (2024) KL-optimal: σ_i = tan(linspace(arctan σ_max, arctan σ_min)), uniform in arctan σ."""
+    sigma_max = check_finite_sigma_max(sigma_max)
+    a = torch.linspace(math.atan(sigma_max), math.atan(sigma_min), _finite_count(n, prepend_inf), dtype=torch.float64)
+    return _finish(a.tan().float(), prepend_inf, device)
+
+
+def get_sigmas_loglinear(n: int, sigma_list: Sequence[float], prepend_inf: bool = True, device='cpu') -> Tensor:
+    """Align-Your-Steps-style: a stored descending list of finite sigmas, interpolated linearly in log σ over
+    an equal-spaced index to m points (AYS' loglinear_interp); m = len(sigma_list) returns the list."""
+    ys = torch.as_tensor(list(sigma_list), dtype=torch.float64).log()
+    m = _finite_count(n, prepend_inf)
+    x = torch.linspace(0, len(ys) - 1, m, dtype=torch.float64)
+    lo = x.floor().long().clamp(max=len(ys) - 2)
+    return _finish(torch.lerp(ys[lo], ys[lo + 1], x - lo).exp().float(), prepend_inf, device)

@@ -98,3 +98,30 @@ def test_trained_reference_data():
     black = colours[[c == 'completely black' for c in caps]]
     white = colours[[c == 'completely white' for c in caps]]
     assert len(black) and len(white) and black.abs().max() == 0 and (white == 1).all()
+
+
+@pytest.mark.filterwarnings('ignore:Should have')
+@pytest.mark.parametrize('search', [False, True])
+def test_schedule_study_smoke(search, tmp_path, capsys):
+    """benchmarks/schedule_study.py: the per-sample statistics against the data with their perfect-sampler floors."""
+    study = load('schedule_study')
+    payload = study.main(['--smoke', '--out', str(tmp_path)] + (['--search'] if search else []))
+    stem = 'schedules_search' if search else 'schedules_study'
+    assert (tmp_path / f'{stem}.md').stat().st_size > 0 and '|---|' in capsys.readouterr().out
+    if search:
+        assert set(payload['best']) == {'euler', 'euler_ancestral'}
+    else:
+        assert (tmp_path / f'{stem}.png').stat().st_size > 0
+        assert all(r['score'] > 0 and r['w1'] >= 0 for r in payload['rows'])
+        assert all(0 < f['p90']['w1'] < 1 for f in payload['floors'].values())
+
+
+def test_perfect_sampler_floor_is_met_by_data_draws():
+    """The floors are what i.i.d. data draws score: ~90 % of fresh draws fall under the p90."""
+    import torch
+    study = load('schedule_study')
+    subj = study.subjects((4, 8, 8))[1]
+    ref = study.Reference(subj, 256, trials=200)
+    g = torch.Generator().manual_seed(123)
+    below = sum(ref.stats(subj.draw(256, g))['w1'] <= ref.floor['w1'] for _ in range(100))
+    assert 75 <= below <= 99

@@ -160,6 +160,12 @@ def test_demo_grid_and_table(ckpt, tmp_path, capsys):
     assert grid.size[1] == 15 * (16 + 2)                              # 5 prompts x 3 regimes
 
 
+def test_schedule_names_are_the_policy_schedules():
+    from kdiff_ztsnr.generation.params import SCHEDULES
+    from kdiff_ztsnr.schedule_policy import SCHEDULE_NAMES
+    assert SCHEDULES == (*SCHEDULE_NAMES, 'recommended')
+
+
 def test_sampler_names_are_the_schedule_samplers():
     """The CLI's torch-free sampler list is exactly the package's samplers that take a schedule."""
     from kdiff_ztsnr.generation.params import SAMPLER_NAMES
@@ -191,3 +197,20 @@ def test_commands_print_no_pkg_resources_warning(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and 'chunk 1' in proc.stdout
     assert 'pkg_resources' not in proc.stderr and 'Warning' not in proc.stderr, proc.stderr
+
+
+def test_clamp_regime_keeps_the_exact_finite_part(ckpt, monkeypatch):
+    """Issue #11: ztsnr='clamp' replaces only σ = ∞ by 20000; the finite part below is the exact regime's."""
+    from kdiff_ztsnr.generation import generate as gen
+    seen = {}
+    euler = gen.SAMPLERS['euler']
+
+    def spy(model, x, sigmas, **kw):
+        seen.setdefault('sigmas', []).append(sigmas.clone())
+        return euler(model, x, sigmas, **kw)
+    monkeypatch.setitem(gen.SAMPLERS, 'euler', spy)
+    pipe = load_pipeline(ckpt)
+    for regime in ('exact', 'clamp'):
+        generate(pipe, GenerationParams(prompt='x', steps=6, width=16, height=16, sampler='euler', ztsnr=regime))
+    exact, clamp = seen['sigmas']
+    assert math.isinf(exact[0]) and clamp[0].item() == 20000. and torch.equal(exact[1:], clamp[1:])

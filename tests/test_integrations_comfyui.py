@@ -131,8 +131,11 @@ def test_sampler_node_equals_package_sampler_on_exact_oracle(comfy, oracle, pack
     got, got_1 = first_state(lambda cb: ksampler.sample(guider, sigmas, {'seed': SEED}, cb, noise))
     sigmas_inf = torch.cat([sigmas.new_full([1], math.inf), sigmas[1:]])
     want, want_1 = first_state(lambda cb: package_reference(oracle, name, noise, sigmas_inf, cfg, callback=cb))
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(got_1, want_1, rtol=1e-6, atol=1e-5)     # x₁ = σ₁·n + D(n; ∞), |x₁| ~ 10⁴
+    # The stand-in path scales n by σ₀ and recovers it, so the states at large σ can differ by an ulp of σ₁·|n|,
+    # which later Euler-type steps carry to the end unchanged: the bound is 2 ulp of σ₁·max|n| (float32).
+    ulp = 2 * torch.finfo(torch.float32).eps * sigmas[1].item() * noise.abs().max().item()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=max(1e-5, ulp))
+    torch.testing.assert_close(got_1, want_1, rtol=1e-6, atol=1e-5)     # x₁ = σ₁·n + D(n; ∞), |x₁| ~ 10³
 
 
 def test_host_first_step_differs_as_predicted(comfy, oracle):

@@ -77,3 +77,105 @@ def test_validate_sigmas(sigmas, match):
 def test_resolution_rule():
     assert S.scale_sigma_for_resolution(14.6, 256, 128) == pytest.approx(29.2)
     assert math.isinf(S.scale_sigma_for_resolution(math.inf, 256, 128))
+
+
+# ---------------------------------------------------------------------------------------------- UI schedules from ∞
+
+@pytest.fixture(scope='module')
+def ztsnr_table():
+    return S.sigmas_from_alphas_cumprod(S.ztsnr_alphas_cumprod())       # [1000], ∞ last
+
+
+def model_t(sigmas, table):
+    """Timesteps of finite sigmas by the wrapper's own (independent) sigma_to_t."""
+    from kdiff_ztsnr.denoisers import DiscreteVDenoiser
+    model = DiscreteVDenoiser(torch.nn.Identity(), S.ztsnr_alphas_cumprod())
+    return model.sigma_to_t(sigmas).double()
+
+
+TABLE_BUILDERS = [S.get_sigmas_normal, S.get_sigmas_sgm_uniform, S.get_sigmas_simple, S.get_sigmas_trailing,
+                  S.get_sigmas_beta]
+
+
+@pytest.mark.parametrize('n', [2, 10, 28])
+@pytest.mark.parametrize('builder', TABLE_BUILDERS + ['kl', 'loglinear'])
+def test_new_builders_count_model_calls(builder, n, ztsnr_table):
+    """k-diffusion's convention, as karras/exponential: n model calls = ∞, n − 1 finite sigmas, 0."""
+    if builder == 'kl':
+        s = S.get_sigmas_kl_optimal(n, 0.0292, 2254.24)
+    elif builder == 'loglinear':
+        s = S.get_sigmas_loglinear(n, [2254.24, 100., 3., 0.0292])
+    else:
+        s = builder(n, ztsnr_table)
+    assert len(s) == n + 1 and math.isinf(s[0]) and s[-1] == 0
+    S.validate_sigmas(s)
+    assert len(builder(n, ztsnr_table, prepend_inf=False) if callable(builder) else s) == n + 1
+
+
+def test_normal_is_k_diffusions_discrete_schedule():
+    """Finite: exactly k-diffusion's DiscreteSchedule.get_sigmas (t uniform from T−1 to 0) on SDXL's table."""
+    from k_diffusion.external import DiscreteSchedule
+    sdxl = S.sigmas_from_alphas_cumprod(S.sdxl_alphas_cumprod())
+    want = DiscreteSchedule(sdxl.float(), quantize=False).get_sigmas(12)
+    torch.testing.assert_close(S.get_sigmas_normal(12, sdxl, prepend_inf=False), want, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize('top', [None, 300.])
+def test_normal_and_sgm_uniform_are_uniform_in_t(top, ztsnr_table):
+    t_top = 998. if top is None else model_t(torch.tensor([top]), ztsnr_table).item()
+    normal = model_t(S.get_sigmas_normal(11, ztsnr_table, top)[1:-1], ztsnr_table)
+    torch.testing.assert_close(normal, torch.linspace(t_top, 0, 10, dtype=torch.float64), atol=2e-3, rtol=0)
+    sgm = model_t(S.get_sigmas_sgm_uniform(11, ztsnr_table, top)[1:-1], ztsnr_table)
+    torch.testing.assert_close(sgm, t_top * (1 - torch.arange(10, dtype=torch.float64) / 10), atol=2e-3, rtol=0)
+
+
+def test_simple_strides_table_entries(ztsnr_table):
+    s = S.get_sigmas_simple(28, ztsnr_table)[1:-1]
+    t = model_t(s, ztsnr_table)
+    assert t[0].item() == pytest.approx(998, abs=1e-3)
+    assert torch.allclose(t, t.round(), atol=1e-3)                       # table entries exactly
+    assert set((-t.round().diff()).tolist()) <= {36., 37.}                # ⌊999/27⌋, ⌈999/27⌉
+    torch.testing.assert_close(s.double(), ztsnr_table[t.round().long()], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize('n', [10, 28])
+def test_trailing_from_inf_is_diffusers_trailing_with_zero_snr(n, ztsnr_table):
+    from diffusers import EulerDiscreteScheduler
+    sched = EulerDiscreteScheduler(beta_start=S.SDXL_BETA_START, beta_end=S.SDXL_BETA_END, beta_schedule='scaled_linear',
+                                   timestep_spacing='trailing', rescale_betas_zero_snr=True)
+    sched.set_timesteps(n)
+    mine = S.get_sigmas_trailing(n, ztsnr_table)
+    assert sched.timesteps[0].item() == 999                               # diffusers' step 0 is t = 999: σ = ∞
+    torch.testing.assert_close(model_t(mine[1:-1], ztsnr_table), sched.timesteps[1:].double(), atol=1e-3, rtol=0)
+    torch.testing.assert_close(mine[1:-1], sched.sigmas[1:-1].float(), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize('ab', [(0.6, 0.6), (0.5, 0.7)])
+def test_beta_timesteps_are_beta_quantiles(ab, ztsnr_table):
+    """The Beta(α, β) CDF of t_i/t_top is the equal grid 1 − i/m (Lee et al. 2024)."""
+    from scipy.stats import beta
+    s = S.get_sigmas_beta(28, ztsnr_table, alpha=ab[0], beta=ab[1])[1:-1]
+    u = beta.cdf(model_t(s, ztsnr_table).numpy() / 998, *ab)
+    assert u == pytest.approx(1 - torch.arange(27).numpy() / 27, abs=2e-5)
+
+
+def test_kl_optimal_is_uniform_in_arctan_sigma():
+    s = S.get_sigmas_kl_optimal(28, 0.0292, 2254.24).double()[1:-1]
+    a = torch.atan(s)
+    assert s[0].item() == pytest.approx(2254.24, rel=1e-6) and s[-1].item() == pytest.approx(0.0292, rel=1e-6)
+    torch.testing.assert_close(a.diff(), torch.full((26,), (a[-1] - a[0]).item() / 26, dtype=torch.float64),
+                               rtol=0, atol=1e-6)
+
+
+def test_loglinear_keeps_the_list_and_interpolates_geometrically():
+    sig = [2254.24, 300., 20., 1.5, 0.0292]
+    torch.testing.assert_close(S.get_sigmas_loglinear(6, sig)[1:-1], torch.tensor(sig))
+    twice = S.get_sigmas_loglinear(10, sig).double()[1:-1]                   # 9 points: midpoints in between
+    torch.testing.assert_close(twice[::2].float(), torch.tensor(sig))
+    torch.testing.assert_close(twice[1::2], (torch.tensor(sig[:-1]) * torch.tensor(sig[1:])).double().sqrt(),
+                               rtol=1e-5, atol=0)
+
+
+def test_table_builders_refuse_a_top_off_the_table(ztsnr_table):
+    with pytest.raises(ValueError, match='outside the table'):
+        S.get_sigmas_normal(10, ztsnr_table, 20000.)

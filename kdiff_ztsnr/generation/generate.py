@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .. import schedules
+from .. import schedule_policy, schedules
 from ..denoisers import DiscreteVDenoiser
 from ..guidance import CFGDenoiser
 from ..img2img import img2img_start
@@ -21,11 +21,8 @@ from .params import GenerationParams, check_params
 from .pipeline import Pipeline
 
 BROWNIAN = {'dpmpp_sde', 'dpmpp_2m_sde', 'dpmpp_3m_sde'}
-# The package default: Karras ρ=7 over [σ_min, σ[T−2]] with ∞ prepended. On the exact oracle it ends in the
-# reference solve's mode 91–99 % of the time at 28 steps against 33 % for the report's native schedule (whose
-# single step from ∞ to 56.18 collapses diversity), and on the embedded model it halves the unconditional
-# brightness W1 at 28 steps (0.110 vs 0.214); benchmarks/README.md has the tables. 'native' stays available.
-RECOMMENDED = 'karras'
+# The package default, per sampler: kdiff_ztsnr/schedule_policy.py (measured in benchmarks/schedule_study.py).
+RECOMMENDED = schedule_policy.RECOMMENDED
 
 
 def start_sigma(p: GenerationParams, pipe: Pipeline) -> float:
@@ -35,21 +32,11 @@ def start_sigma(p: GenerationParams, pipe: Pipeline) -> float:
         else p.sigma_max
 
 
-def make_sigmas(model: DiscreteVDenoiser, kind: str, steps: int, sigma_start: Optional[float] = None) -> Tensor:
-    """A schedule of `steps` model calls from the model's top (∞ or the clamp) or from a finite sigma_start."""
-    kind = RECOMMENDED if kind == 'recommended' else kind
-    if kind == 'native':
-        if sigma_start is None:
-            return model.get_sigmas(steps)
-        t = torch.linspace(model.sigma_to_t(torch.tensor(sigma_start)).item(), 0, steps, device=model.sigmas.device)
-        return torch.cat([model.t_to_sigma(t), t.new_zeros([1])])
-    build = {'karras': schedules.get_sigmas_karras, 'exponential': schedules.get_sigmas_exponential,
-             'polyexponential': schedules.get_sigmas_polyexponential}[kind]
-    sigma_min = model.sigmas[0].item()
-    if sigma_start is None and math.isinf(model.sigmas[-1]):
-        return build(steps, sigma_min, model.sigma_max_finite.item(), prepend_inf=True)
-    return build(steps, sigma_min, model.sigmas[-1].item() if sigma_start is None else sigma_start,
-                 prepend_inf=False)
+def make_sigmas(model: DiscreteVDenoiser, kind: str, steps: int, sigma_start: Optional[float] = None,
+                sampler: Optional[str] = None) -> Tensor:
+    """A schedule of `steps` model calls from the model's top (∞ or the clamp) or from a finite sigma_start;
+    'recommended' resolves per sampler (schedule_policy)."""
+    return schedule_policy.sigmas_from_inf(model, kind, steps, sigma_start, sampler)
 
 
 def sample_noise(seeds: list, shape: tuple) -> tuple[list, Tensor]:
@@ -102,8 +89,10 @@ def generate(pipe: Pipeline, p: GenerationParams, init: Optional[Tensor] = None,
         clamp = schedules.ZTSNR_CLAMP
     model = pipe.denoiser(sigma_max=clamp)
     if sigmas is None:
-        sigmas = make_sigmas(model, p.noise_schedule, p.steps,
-                             start_sigma(p, pipe) if p.ztsnr == 'sigma_max' else None)
+        sigmas = make_sigmas(pipe.denoiser(), p.noise_schedule, p.steps,
+                             start_sigma(p, pipe) if p.ztsnr == 'sigma_max' else None, p.sampler)
+        if clamp is not None:                  # the clamp replaces only ∞: the same finite part below it
+            sigmas = schedule_policy.replace_start(sigmas, clamp)
     b, seeds = p.n_samples, [p.seed + i for i in range(p.n_samples)]
     shape = (pipe.channels, p.height // pipe.factor, p.width // pipe.factor)
     gens, noise = sample_noise(seeds, shape)

@@ -33,7 +33,9 @@ A1111_SAMPLERS = {'euler': 'Euler', 'euler_ancestral': 'Euler a', 'heun': 'Heun'
                   'dpmpp_2s_ancestral': 'DPM++ 2S a', 'dpmpp_sde': 'DPM++ SDE', 'dpmpp_2m': 'DPM++ 2M',
                   'dpmpp_2m_sde': 'DPM++ 2M SDE', 'dpmpp_3m_sde': 'DPM++ 3M SDE'}
 A1111_SCHEDULES = {'native': 'Uniform', 'karras': 'Karras', 'exponential': 'Exponential',
-                   'polyexponential': 'Polyexponential', 'recommended': 'Karras'}   # recommended is Karras (ρ 7)
+                   'polyexponential': 'Polyexponential', 'kl_optimal': 'KL Optimal', 'normal': 'Normal',
+                   'simple': 'Simple', 'sgm_uniform': 'SGM Uniform', 'beta': 'Beta', 'trailing': 'Trailing',
+                   'recommended': 'Karras'}   # recommended: Karras from ∞ (schedule_policy), ρ and top per sampler
 ZTSNR_NOISE_SCHEDULE = 'Zero Terminal SNR'        # Forge/A1111's "Noise Schedule" value for ZTSNR sampling
 _MODEL_HASHES: dict = {}
 

@@ -9,7 +9,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-SCHEDULES = ('native', 'karras', 'exponential', 'polyexponential', 'recommended')
+# schedule_policy.SCHEDULE_NAMES and 'recommended' (a test checks the two lists agree)
+SCHEDULES = ('native', 'karras', 'exponential', 'polyexponential', 'kl_optimal', 'normal', 'simple', 'sgm_uniform',
+             'beta', 'trailing', 'recommended')
 REGIMES = ('exact', 'clamp', 'sigma_max')
 # k-diffusion's samplers that take a schedule (a test checks this list against kdiff_ztsnr.sampling.SAMPLERS);
 # dpm_fast / dpm_adaptive take (σ_min, σ_max) instead and refuse σ_max = ∞.

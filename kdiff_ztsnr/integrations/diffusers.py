@@ -104,7 +104,7 @@ class ZTSNRScheduler(SchedulerMixin, ConfigMixin):
         else:
             if num_inference_steps is None:
                 raise ValueError('give num_inference_steps, timesteps or sigmas')
-            s = schedule_sigmas(self.table, self.config.schedule, num_inference_steps)
+            s = schedule_sigmas(self.table, self.config.schedule, num_inference_steps, self.config.sampler)
         if s[-1] != 0:
             s = torch.cat([s, s.new_zeros([1])])
         schedules.validate_sigmas(s)
