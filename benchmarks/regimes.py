@@ -401,10 +401,7 @@ def main_trained(a):
     n_u = a.uncond_samples or n
     out = common.out_dir(a.out)
     t0 = time.perf_counter()
-    subject = trained.TrainedSubject(a.model)
-    tasks = trained.default_tasks(n, n_u, a.scales)
-    floors = {t: {**subject.w1_floor(t.n, t.prompt), 'data_spread': subject.reference(t.prompt).mean(1).std().item()}
-              for t in tasks if not t.prompt}
+    subject, tasks, floors = trained.subject_and_tasks(a.model, n, n_u, a.scales)
     print(f'regimes: {subject.describe()}; {n} samples per solid prompt, {n_u} for \'\', {a.steps} steps, '
           f'schedule={mode}, samplers {samplers}')
     records, rows, raw = {}, [], []

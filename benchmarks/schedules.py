@@ -264,12 +264,9 @@ def main_trained(a):
     n_u = a.uncond_samples or n
     out = common.out_dir(a.out)
     t0 = time.perf_counter()
-    subject = trained.TrainedSubject(a.model)
+    subject, tasks, floors = trained.subject_and_tasks(a.model, n, n_u, a.scales)
     model = subject.denoiser()
     specs = model_specs(names, float(model.sigma_max_finite), samplers[0])
-    tasks = trained.default_tasks(n, n_u, a.scales)
-    floors = {t: {**subject.w1_floor(t.n, t.prompt), 'data_spread': subject.reference(t.prompt).mean(1).std().item()}
-              for t in tasks if not t.prompt}
     print(f'schedules: {subject.describe()}; {n} samples per solid prompt, {n_u} for \'\', NFE {nfes}, '
           f'samplers {samplers}')
     records, rows, raw = {}, [], []

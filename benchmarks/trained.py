@@ -134,6 +134,15 @@ class TrainedSubject:
         return {'w1': float(np.mean(w)), 'w1_colour': float(np.mean(wc))}
 
 
+def subject_and_tasks(spec: str, n: int, n_uncond: int, scales: Sequence[float]) -> tuple:
+    """(TrainedSubject, tasks, noise floors of the unconditional tasks): the common set-up of --model runs."""
+    subject = TrainedSubject(spec)
+    tasks = default_tasks(n, n_uncond, scales)
+    floors = {t: {**subject.w1_floor(t.n, t.prompt), 'data_spread': subject.reference(t.prompt).mean(1).std().item()}
+              for t in tasks if not t.prompt}
+    return subject, tasks, floors
+
+
 def metric_table(rows: list, key_cols: list, tasks: Sequence[Task], records: dict, floors: dict) -> str:
     """One table per task: key columns, then bias / spread / W1 / W1 colour."""
     parts = []
