@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -60,7 +59,8 @@ def check_state_dict(model: nn.Module, sd: dict[str, Tensor], component: str, co
               ('with wrong shapes', shapes)] if xs]
     raise CheckpointError(f'{source}: {component} weights do not match the {component} config; '
                           + '; '.join(parts) + f'. Is it an SDXL-architecture model? For a different '
-                          f'architecture pass {component}_config= (a dict or JSON file).')
+                          f'architecture pass {component}_config= (a dict or JSON file; command line: '
+                          f'--config DIR, a diffusers folder of configs).')
 
 
 def load_component(component: str, config: dict, sd: dict[str, Tensor], dtype: torch.dtype,
@@ -94,26 +94,52 @@ def _cast(t: Tensor, dtype: torch.dtype, device) -> Tensor:
     return t.to(device, dtype) if t.is_floating_point() else t.to(device)
 
 
+ST_DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16,
+             'I64': torch.int64, 'I32': torch.int32, 'I16': torch.int16, 'I8': torch.int8, 'U8': torch.uint8,
+             'BOOL': torch.bool}
+
+
+def safetensors_header(path: PathLike) -> tuple[dict, int]:
+    """(tensor name → {dtype, shape, data_offsets}, offset of the data) from a .safetensors file's header."""
+    with open(path, 'rb') as f:
+        n = int.from_bytes(f.read(8), 'little')
+        header = json.loads(f.read(n))
+    header.pop('__metadata__', None)
+    return header, 8 + n
+
+
 class SingleFile:
     """A single file read one component at a time, each tensor cast to its target dtype and device as it is
-    read (safetensors: `safe_open` tensor by tensor), so the host never holds the file nor an fp32 copy."""
+    read, so the host never holds the file nor an fp32 copy. .safetensors tensors are read with plain file reads
+    into their own buffers: safe_open's memory map keeps every page it touched resident while the file is open
+    (counted in RSS: 14.5 GiB peak for `kdiff-ztsnr sample` of a 6.9 GB bf16 SDXL file)."""
 
     def __init__(self, path: PathLike):
         self.path = Path(path)
+        self.sd = None
         if self.path.suffix == '.safetensors':
-            with safe_open(str(self.path), 'pt') as f:
-                self.keys = list(f.keys())
-            self.sd = None
+            self.header, self.base = safetensors_header(self.path)
+            self.keys = list(self.header)
         else:
             self.sd = read_checkpoint(self.path)
             self.keys = list(self.sd)
+
+    def _read(self, f, key: str) -> Tensor:
+        info = self.header[key]
+        t = torch.empty(info['shape'], dtype=ST_DTYPES[info['dtype']])
+        start, end = info['data_offsets']
+        if end > start:
+            f.seek(self.base + start)
+            if f.readinto(t.reshape(-1).view(torch.uint8).numpy()) != end - start:
+                raise CheckpointError(f'{self.path}: truncated file (tensor {key})')
+        return t
 
     def component(self, prefix: str, dtype: torch.dtype, device) -> dict[str, Tensor]:
         names = [k for k in self.keys if k.startswith(prefix)]
         if self.sd is not None:
             return {k: _cast(self.sd.pop(k), dtype, device) for k in names}
-        with safe_open(str(self.path), 'pt') as f:
-            return {k: _cast(f.get_tensor(k), dtype, device) for k in names}
+        with open(self.path, 'rb', buffering=0) as f:
+            return {k: _cast(self._read(f, k), dtype, device) for k in names}
 
 
 def check_sgm_layout(sd: dict[str, Tensor], source: str) -> None:
