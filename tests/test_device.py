@@ -152,3 +152,29 @@ def test_empty_negative_prompt_is_zeros_like_diffusers(tiny):
         ours.force_zeros_for_empty_prompt = False                                     # encode "" instead
         encoded = (fns['package (clamp 4096)']() - fns['diffusers']()).abs().max().item()
     assert diff < 1e-3 and encoded > 10 * diff
+
+
+def readme_commands() -> list[list[str]]:
+    """The kdiff-ztsnr lines of the README's "Running a real SDXL v-pred model" section."""
+    import shlex
+    from pathlib import Path
+    text = (Path(__file__).parents[1] / 'README.md').read_text()
+    section = text.split('## Running a real SDXL v-pred model', 1)[1].split('\n## ', 1)[0]
+    lines = [l.split('  #')[0].strip() for l in section.split('```bash', 1)[1].split('```', 1)[0].splitlines()]
+    return [shlex.split(l)[1:] for l in lines if l.startswith('kdiff-ztsnr ')]
+
+
+def test_readme_commands_run_on_the_tiny_model(tiny, tmp_path, capsys):
+    """Every command of the README section, on the tiny model (CPU; small canvas and 2 steps)."""
+    names = {'model.safetensors': tiny['file'], 'nomarkers.safetensors': tiny['nomarkers'],
+             'custom_configs/': tiny['folder'], 'sdxl_config/': tmp_path / 'cfg'}
+    commands = readme_commands()
+    assert {c[0] for c in commands} == {'inspect', 'sample', 'export-diffusers-config'} and len(commands) >= 5
+    for args in commands:
+        args = [str(names.get(a, a)) for a in args]
+        if args[0] == 'sample':
+            fixed = {'--device': 'cpu', '--width': '64', '--height': '64', '--steps': '2'}
+            args = [fixed.get(args[i - 1], a) if i else a for i, a in enumerate(args)]
+            args += ([] if '--config' in args else ['--config', str(tiny['folder'])]) + \
+                ['--width', '64', '--height', '64', '--steps', '2', '--out', str(tmp_path / 'out'), '--quiet']
+        assert cli.main(args) == 0, args
