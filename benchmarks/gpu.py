@@ -11,6 +11,7 @@ with ``torch.compile`` of the UNet. A correctness row compares the package clamp
 """
 
 import argparse
+import copy
 import math
 import statistics
 import time
@@ -35,33 +36,35 @@ TINY = {'unet': dict(block_out_channels=[16, 32, 32], attention_head_dim=[1, 2, 
 
 
 def random_components(smoke: bool, dtype: torch.dtype, device: torch.device) -> dict:
-    """The four SDXL components (tiny for --smoke), random weights made directly in dtype on device; the VAE in
-    float32 when half precision meets force_upcast, as both pipelines would run it."""
+    """The four SDXL components (tiny for --smoke), random weights made directly in dtype on device."""
     torch.manual_seed(0)
     out = {}
     for c in sdxl.COMPONENTS:
         cfg = {**sdxl.component_config(None, c), **(TINY[c] if smoke else {})}
         model = sdxl.build_component(c, cfg, empty=True)
-        d = torch.float32 if c == 'vae' and dtype == torch.float16 and cfg.get('force_upcast') else dtype
         for mod in model.modules():
             for name, p in list(mod._parameters.items()):
                 if p is not None:
-                    t = torch.randn(p.shape, device=device, dtype=d) * math.prod(p.shape[1:]) ** -0.5 \
-                        if p.ndim >= 2 else (torch.ones if name == 'weight' else torch.zeros)(p.shape, device=device, dtype=d)
+                    t = torch.randn(p.shape, device=device, dtype=dtype) * math.prod(p.shape[1:]) ** -0.5 \
+                        if p.ndim >= 2 else (torch.ones if name == 'weight' else torch.zeros)(p.shape, device=device, dtype=dtype)
                     mod._parameters[name] = torch.nn.Parameter(t, requires_grad=False)
         out[c] = model.to(device).eval()
     return out
 
 
 def pipelines(m: dict, unet=None):
-    """(the package's Pipeline, diffusers' StableDiffusionXLPipeline) sharing the same modules."""
+    """(the package's Pipeline, diffusers' StableDiffusionXLPipeline) sharing the same modules; an fp16 VAE with
+    force_upcast is upcast per call by diffusers and held in float32 by the package (as `load_sdxl` loads it)."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from kdiff_ztsnr.text import TextConditioner
     unet = unet or m['unet']
     toks = sdxl.sdxl_tokenizers()
     text = TextConditioner([m['text_encoder'], m['text_encoder_2']], toks)
-    mean, std = sdxl.latent_stats_for(m['vae'])
-    ours = sdxl.sdxl_pipeline(unet, m['vae'], text, alphas_cumprod_for(True), mean, std, {'name': 'random'})
+    vae = m['vae']
+    if next(vae.parameters()).dtype == torch.float16 and vae.config.force_upcast:
+        vae = copy.deepcopy(vae).float()
+    mean, std = sdxl.latent_stats_for(vae)
+    ours = sdxl.sdxl_pipeline(unet, vae, text, alphas_cumprod_for(True), mean, std, {'name': 'random'})
     ours.force_zeros_for_empty_prompt = True
     sched = EulerDiscreteScheduler.from_config(sdxl.scheduler_config(True))      # v, ZTSNR, trailing
     theirs = StableDiffusionXLPipeline(vae=m['vae'], text_encoder=m['text_encoder'], tokenizer=toks[0],
