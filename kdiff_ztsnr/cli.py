@@ -69,7 +69,7 @@ def add_device_args(p: argparse.ArgumentParser, sdxl: bool = True) -> None:
     if not sdxl:
         return
     p.add_argument('--vae-dtype', default=None, help='SDXL VAE dtype: fp32 | fp16 | bf16 (default: fp32 when '
-                                                     '--dtype is fp16 or bf16 and the VAE config says force_upcast)')
+                                                     '--dtype is fp16 and the VAE config says force_upcast)')
     p.add_argument('--vae-tiling', action='store_true', help="SDXL: diffusers' tiled VAE encode/decode")
     p.add_argument('--config', dest='model_config', default=None,
                    help='SDXL single file of a non-stock architecture: a diffusers folder with its configs')

@@ -155,11 +155,8 @@ def check_sgm_layout(sd: dict[str, Tensor], source: str) -> None:
 
 
 def _vae_dtype(dtype: torch.dtype, vae_config: dict) -> torch.dtype:
-    """float32 for a half-precision model whose VAE config asks for force_upcast: SDXL's VAE overflows in fp16
-    (diffusers upcasts fp16 only), and in bf16 on a CPU its 512² convolutions take a slow path that peaked at
-    14.9 GiB RSS for `sample --dtype bf16` of the full-size model (fp32: see the README)."""
-    half = dtype in (torch.float16, torch.bfloat16)
-    return torch.float32 if half and vae_config.get('force_upcast', False) else dtype
+    """float32 for a float16 model whose VAE config asks for force_upcast (SDXL's VAE overflows in fp16)."""
+    return torch.float32 if dtype == torch.float16 and vae_config.get('force_upcast', False) else dtype
 
 
 def _single_file(path: Path, dtype: torch.dtype, vae_dtype: Optional[torch.dtype], configs: dict[str, dict],
@@ -211,7 +208,7 @@ def load_sdxl(path: PathLike,                                 # diffusers folder
               prediction_type: Optional[str] = None,             # override detection: 'v'
               zero_terminal_snr: Optional[bool] = None,          # override detection
               latent_stats=None,                                 # None, 'nai_anime' or (mean, std) per channel
-              vae_dtype: Optional[torch.dtype] = None,           # None: dtype, float32 for half + force_upcast
+              vae_dtype: Optional[torch.dtype] = None,           # None: dtype, float32 for fp16 + force_upcast
               text_kwargs: Optional[dict] = None,                # TextConditioner options
               force_zeros: Optional[bool] = None) -> Pipeline:   # None: model_index.json's (default True)
     """Load a local SDXL-architecture v-prediction model: a diffusers folder or an SGM single file.
@@ -219,7 +216,7 @@ def load_sdxl(path: PathLike,                                 # diffusers folder
     Configs (dict or JSON path; default the shipped SDXL ones) apply to single files only; a folder carries
     its own. prediction_type / zero_terminal_snr override the detected ones (module docstring). latent_stats:
     None (×scaling_factor), 'nai_anime' or (mean, std) per channel. vae_dtype defaults to float32 when dtype
-    is half precision and the VAE config asks for force_upcast (`_vae_dtype`). text_kwargs go to
+    is float16 and the VAE config asks for force_upcast (SDXL's VAE overflows in fp16). text_kwargs go to
     TextConditioner (max_chunks, truncate, emphasis, …).
     """
     path = Path(path)
