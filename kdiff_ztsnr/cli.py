@@ -88,8 +88,8 @@ def pipeline_from_args(args: argparse.Namespace, model: str):
                          ztsnr_table=None if table is None else table == 'on',
                          vae_tiling=getattr(args, 'vae_tiling', False))
     if 'detected' in pipe.info:
-        print(f'model {pipe.name}: {pipe.info["detected"]}; {pipe.info.get("dtype")} on {pipe.device}',
-              file=sys.stderr)
+        print(f'model {pipe.name}: {pipe.info["detected"]}; {pipe.info.get("dtype")} on {pipe.device} '
+              f'(VAE {pipe.info.get("vae_dtype")})', file=sys.stderr)
     return pipe
 
 

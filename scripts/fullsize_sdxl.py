@@ -83,10 +83,19 @@ def build_and_write(path: Path, dtype: torch.dtype) -> dict:
             'build_s': round(build_s, 1), 'file_gb': round(path.stat().st_size / 1e9, 3)}
 
 
+# `python -m kdiff_ztsnr.cli` that prints its own peak RSS (VmHWM) at exit. getrusage(RUSAGE_CHILDREN).ru_maxrss
+# cannot be used here: Linux carries the parent's high-water mark into the child across vfork + exec, and this
+# script peaks near 15 GiB while writing and re-reading the file (measured: ru_maxrss 14.65 GiB, child VmHWM 8.99).
+PEAK_WRAPPER = ("import atexit, runpy, sys\n"
+                "atexit.register(lambda: print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))"
+                ".strip(), file=sys.stderr))\n"
+                "runpy.run_module('kdiff_ztsnr.cli', run_name='__main__', alter_sys=True)")
+
+
 def sample_through_cli(path: Path, out: Path, steps: int, size: int, dtype: str) -> dict:
-    """`python -m kdiff_ztsnr.cli sample` in a subprocess: load time (until the detection line), seconds per step
-    (tqdm's elapsed over the steps), total, and the child's peak RSS."""
-    cmd = [sys.executable, '-m', 'kdiff_ztsnr.cli', 'sample', 'a cat', '--model', str(path), '--device', 'cpu',
+    """`kdiff-ztsnr sample` in a subprocess: load time (until the detection line), seconds per step (tqdm's
+    elapsed over the steps), total, and the child's own peak RSS (VmHWM)."""
+    cmd = [sys.executable, '-c', PEAK_WRAPPER, 'sample', 'a cat', '--model', str(path), '--device', 'cpu',
            '--dtype', dtype, '--steps', str(steps), '--width', str(size), '--height', str(size),
            '--sampler', 'euler', '--out', str(out)]
     t0 = time.perf_counter()
@@ -103,13 +112,16 @@ def sample_through_cli(path: Path, out: Path, steps: int, size: int, dtype: str)
     bars = re.findall(r'(\d+)/(\d+) \[(\d+):(\d+)<', ''.join(err).replace('\r', '\n'))
     done = [b for b in bars if b[0] == b[1]]
     sampling = int(done[-1][2]) * 60 + int(done[-1][3]) if done else None
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2      # KiB → GiB (Linux)
+    hwm = [int(l.split()[1]) for l in err if l.startswith('VmHWM:')]
+    rss = hwm[-1] / 1024 ** 2 if hwm else None                                   # KiB → GiB
+    inherited = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
     from PIL import Image
     import numpy as np
     image = np.asarray(Image.open(stdout.split()[-1]).convert('RGB'))
-    return {'command': ' '.join(cmd[1:]), 'load_s': round(load_s, 1), 'sampling_s': sampling,
+    return {'command': 'kdiff-ztsnr ' + ' '.join(cmd[3:]), 'load_s': round(load_s, 1), 'sampling_s': sampling,
             's_per_step': None if sampling is None else round(sampling / steps, 1), 'total_s': round(total, 1),
-            'peak_rss_gib': round(rss, 2), 'detected': next((l.strip() for l in err if l.startswith('model ')), ''),
+            'peak_rss_gib': None if rss is None else round(rss, 2),
+            'ru_maxrss_children_gib': round(inherited, 2), 'detected': next((l.strip() for l in err if l.startswith('model ')), ''),
             'image_std': float(image.std()), 'image': stdout.split()[-1]}
 
 

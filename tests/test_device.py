@@ -178,3 +178,16 @@ def test_readme_commands_run_on_the_tiny_model(tiny, tmp_path, capsys):
             args += ([] if '--config' in args else ['--config', str(tiny['folder'])]) + \
                 ['--width', '64', '--height', '64', '--steps', '2', '--out', str(tmp_path / 'out'), '--quiet']
         assert cli.main(args) == 0, args
+
+
+def test_single_file_reader_matches_safetensors(tiny):
+    """The streaming reader (plain reads per tensor, cast on the way) gives load_file's tensors exactly."""
+    from kdiff_ztsnr.models.sdxl.loading import SingleFile
+    ref, f = load_file(str(tiny['file'])), SingleFile(tiny['file'])
+    got = {}
+    for prefix in ('model.', 'first_stage_model.', 'conditioner.', 'v_pred', 'ztsnr'):
+        got.update(f.component(prefix, torch.float32, 'cpu'))
+    assert got.keys() == ref.keys()
+    assert all(got[k].dtype == ref[k].dtype and torch.equal(got[k], ref[k]) for k in ref)
+    half = f.component('model.diffusion_model.', torch.bfloat16, 'cpu')
+    assert all(v.dtype == torch.bfloat16 and torch.equal(v, ref[k].to(torch.bfloat16)) for k, v in half.items())
