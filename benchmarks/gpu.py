@@ -1,6 +1,6 @@
 """The package's `generate` against diffusers' StableDiffusionXLPipeline on the same weights, in one process.
 
-    python -m benchmarks.gpu            # CUDA: full-size SDXL (random fp16 weights), 1024², 28 steps, CFG 5, batch 1 and 4
+    python -m benchmarks.gpu            # CUDA: full-size SDXL, random fp16 weights, 1024², 28 steps, batch 1, 4
     python -m benchmarks.gpu --smoke    # CPU: the tiny SDXL-shaped model (CI), labelled as CPU-smoke numbers
 
 diffusers runs Euler, v-prediction, ``rescale_betas_zero_snr``, ``trailing`` (its ZTSNR clamps σ_max to 4096);
@@ -25,7 +25,8 @@ from kdiff_ztsnr.generation.generate import generate, sample_noise
 from kdiff_ztsnr.generation.params import GenerationParams
 from kdiff_ztsnr.models import alphas_cumprod_for, sdxl
 
-TINY = {'unet': dict(block_out_channels=[16, 32, 32], attention_head_dim=[1, 2, 2], transformer_layers_per_block=[1, 1, 2],
+TINY = {'unet': dict(block_out_channels=[16, 32, 32], attention_head_dim=[1, 2, 2],
+                     transformer_layers_per_block=[1, 1, 2],
                      norm_num_groups=8, cross_attention_dim=80, addition_time_embed_dim=8,
                      projection_class_embeddings_input_dim=40 + 48, sample_size=8),
         'vae': dict(block_out_channels=[8, 8, 16, 16], layers_per_block=1, norm_num_groups=4, sample_size=64),
@@ -45,8 +46,10 @@ def random_components(smoke: bool, dtype: torch.dtype, device: torch.device) -> 
         for mod in model.modules():
             for name, p in list(mod._parameters.items()):
                 if p is not None:
-                    t = torch.randn(p.shape, device=device, dtype=dtype) * math.prod(p.shape[1:]) ** -0.5 \
-                        if p.ndim >= 2 else (torch.ones if name == 'weight' else torch.zeros)(p.shape, device=device, dtype=dtype)
+                    if p.ndim >= 2:
+                        t = torch.randn(p.shape, device=device, dtype=dtype) * math.prod(p.shape[1:]) ** -0.5
+                    else:
+                        t = (torch.ones if name == 'weight' else torch.zeros)(p.shape, device=device, dtype=dtype)
                     mod._parameters[name] = torch.nn.Parameter(t, requires_grad=False)
         out[c] = model.to(device).eval()
     return out
@@ -91,7 +94,8 @@ def runners(ours, theirs, size: int, steps: int, batch: int, scale: float = 5.) 
 
     return {'package (from ∞)': lambda: (generate(ours, p, sigmas=from_inf) + 1) / 2,
             'diffusers': diffusers_run,
-            'package (clamp 4096)': lambda: (generate(ours, p, sigmas=top, clamp=schedules.DIFFUSERS_SIGMA_MAX) + 1) / 2}
+            'package (clamp 4096)':
+                lambda: (generate(ours, p, sigmas=top, clamp=schedules.DIFFUSERS_SIGMA_MAX) + 1) / 2}
 
 
 def sync(device: torch.device) -> None:
@@ -186,7 +190,8 @@ def main(argv=None) -> dict:
     n_params = sum(p.numel() for p in m['unet'].parameters())
     with torch.inference_mode():
         rows = bench(m, device, size, steps, batches, repeats, compiled=cuda and not args.no_compile)
-    what = (f'{"CPU-smoke numbers (tiny SDXL-shaped model, NOT GPU numbers)" if not cuda else torch.cuda.get_device_name()}: '
+    where = torch.cuda.get_device_name() if cuda else 'CPU-smoke numbers (tiny SDXL-shaped model, NOT GPU numbers)'
+    what = (f'{where}: '
             f'UNet {n_params / 1e9:.3g} B parameters, {str(dtype).removeprefix("torch.")}, {size}², {steps} steps, '
             f'CFG 5, Euler; diffusers: v-prediction, rescale_betas_zero_snr, trailing (σ_max 4096); package: the same '
             f'σ from ∞. Medians of {repeats} interleaved runs after a warm-up.')

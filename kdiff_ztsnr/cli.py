@@ -180,8 +180,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_export_config(args: argparse.Namespace) -> int:
     from .models.sdxl.export import export_diffusers_config
-    for path in export_diffusers_config(args.dir, model=args.model, config=args.model_config,
-                                        zero_terminal_snr=None if args.ztsnr_table is None else args.ztsnr_table == 'on'):
+    ztsnr = None if args.ztsnr_table is None else args.ztsnr_table == 'on'
+    for path in export_diffusers_config(args.dir, model=args.model, config=args.model_config, zero_terminal_snr=ztsnr):
         print(path)
     return 0
 

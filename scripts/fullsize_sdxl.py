@@ -121,7 +121,8 @@ def sample_through_cli(path: Path, out: Path, steps: int, size: int, dtype: str)
     return {'command': 'kdiff-ztsnr ' + ' '.join(cmd[3:]), 'load_s': round(load_s, 1), 'sampling_s': sampling,
             's_per_step': None if sampling is None else round(sampling / steps, 1), 'total_s': round(total, 1),
             'peak_rss_gib': None if rss is None else round(rss, 2),
-            'ru_maxrss_children_gib': round(inherited, 2), 'detected': next((l.strip() for l in err if l.startswith('model ')), ''),
+            'ru_maxrss_children_gib': round(inherited, 2),
+            'detected': next((l.strip() for l in err if l.startswith('model ')), ''),
             'image_std': float(image.std()), 'image': stdout.split()[-1]}
 
 

@@ -29,7 +29,8 @@ def resolve_prediction(found_pred: Optional[str], found_ztsnr: Optional[bool], p
         raise ValueError(f'{source}: cannot tell the prediction type (no `v_pred` marker key, no scheduler '
                          f'prediction_type). SDXL checkpoints without one are normally epsilon-prediction, which '
                          f'kdiff_ztsnr does not sample. For a v-prediction model saved without markers pass '
-                         f'prediction_type="v" (command line: --prediction v), and zero_terminal_snr=True (--ztsnr-table on) '
+                         f'prediction_type="v" (command line: --prediction v), and zero_terminal_snr=True '
+                         f'(--ztsnr-table on) '
                          f'if it is ZTSNR.')
     if pred not in ('v', 'v_prediction'):
         raise ValueError(f'{source}: prediction type {pred!r}; kdiff_ztsnr samples v-prediction models only '
