@@ -62,6 +62,40 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     p.add_argument('--no-size-limit', action='store_true',
                    help='allow sizes past 8192 px a side, 2^26 pixels a batch, 256 samples, 10000 steps')
+    add_device_args(p)
+
+
+def add_device_args(p: argparse.ArgumentParser, sdxl: bool = True) -> None:
+    """--device/--dtype (and the SDXL loading options); validated by `generation.device` before any loading."""
+    p.add_argument('--device', default='auto', help='auto (CUDA, else MPS, else CPU) | cpu | cuda[:N] | mps '
+                                                    '(default: auto)')
+    p.add_argument('--dtype', default='auto', help='network dtype: auto (fp16 on CUDA, fp32 elsewhere) | fp32 | '
+                                                   'fp16 | bf16 (default: auto)')
+    if not sdxl:
+        return
+    p.add_argument('--vae-dtype', default=None, help='SDXL VAE dtype: fp32 | fp16 | bf16 (default: fp32 when '
+                                                     '--dtype is fp16 and the VAE config says force_upcast)')
+    p.add_argument('--vae-tiling', action='store_true', help="SDXL: diffusers' tiled VAE encode/decode")
+    p.add_argument('--config', dest='model_config', default=None,
+                   help='SDXL single file of a non-stock architecture: a diffusers folder with its configs')
+    p.add_argument('--prediction', default=None, help='v: treat an SDXL file without markers as v-prediction')
+    p.add_argument('--ztsnr-table', default=None, help='on | off: override the zero-terminal-SNR detection')
+
+
+def pipeline_from_args(args: argparse.Namespace, model: str):
+    """load_pipeline with the device/dtype options; prints the model's detected prediction type once."""
+    from .generation.loading import load_pipeline
+    table = getattr(args, 'ztsnr_table', None)
+    if table not in (None, 'on', 'off'):
+        raise ValueError(f'--ztsnr-table {table!r}: choose from on, off')
+    pipe = load_pipeline(model, device=args.device, dtype=args.dtype, vae_dtype=getattr(args, 'vae_dtype', None),
+                         config=getattr(args, 'model_config', None), prediction=getattr(args, 'prediction', None),
+                         ztsnr_table=None if table is None else table == 'on',
+                         vae_tiling=getattr(args, 'vae_tiling', False))
+    if 'detected' in pipe.info:
+        print(f'model {pipe.name}: {pipe.info["detected"]}; {pipe.info.get("dtype")} on {pipe.device} '
+              f'(VAE {pipe.info.get("vae_dtype")})', file=sys.stderr)
+    return pipe
 
 
 GIVEN = ('prompt', 'uc', 'steps', 'scale', 'sampler', 'noise_schedule', 'ztsnr', 'sigma_max', 'resolution_aware',
@@ -144,11 +178,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import warnings
     from .generation.generate import enhance_size, generate, upscale
     from .generation.images import load_image, load_mask, save_images
-    from .generation.loading import load_pipeline
     from .generation.metadata import check_alpha_fits
     meta = check_sample_args(args)
     quiet_libraries()
-    pipe = load_pipeline(args.model or meta.get('model', 'embedded'))
+    pipe = pipeline_from_args(args, args.model or meta.get('model', 'embedded'))
     p = params_from_args(args, pipe.base_side, meta)
     if p.loras:
         from .models.sdxl.lora import apply_loras
@@ -176,6 +209,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .generation.metadata import read_metadata
+    if (args.image is None) == (args.model is None):
+        raise ValueError('give an image (its generation parameters) or --model FILE (what a model says about itself)')
+    if args.model is not None:
+        from .models.sdxl.loading import inspect_model
+        print(json.dumps(inspect_model(args.model), indent=2))
+        return 0
     meta = read_metadata(args.image)
     print(json.dumps(meta, indent=2, ensure_ascii=False))
     try:
@@ -213,7 +252,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .generation.demo import run_demo
     from .generation.images import prepare_out
     prepare_out(args.out)
-    run_demo(out=args.out, model=args.model, samples=args.samples, steps=args.steps)
+    run_demo(out=args.out, model=args.model, samples=args.samples, steps=args.steps,
+             pipe=pipeline_from_args(args, args.model))
+    return 0
+
+
+def cmd_export_config(args: argparse.Namespace) -> int:
+    from .models.sdxl.export import export_diffusers_config
+    ztsnr = None if args.ztsnr_table is None else args.ztsnr_table == 'on'
+    for path in export_diffusers_config(args.dir, model=args.model, config=args.model_config, zero_terminal_snr=ztsnr):
+        print(path)
     return 0
 
 
@@ -229,8 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      'training for v-prediction models on k-diffusion.')
     sub = parser.add_subparsers(dest='command', required=True)
     add_sample_args(sub.add_parser('sample', help='text-to-image, img2img, Enhance, inpainting'))
-    p = sub.add_parser('inspect', help='print the generation parameters stored in a PNG')
-    p.add_argument('image')
+    p = sub.add_parser('inspect', help='print the generation parameters stored in a PNG, or (--model) what a '
+                                       'model file says about itself')
+    p.add_argument('image', nargs='?', default=None)
+    p.add_argument('--model', default=None, help='an SDXL single file or diffusers folder: markers, key counts')
     p = sub.add_parser('tokenize', help='show the CLIP tokens and 75-token chunk boundaries of a prompt',
                        formatter_class=Formatter)
     p.add_argument('prompt')
@@ -241,12 +291,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--model', default='embedded', help='model to sample')
     p.add_argument('--samples', type=int, default=8, help='seeds per row')
     p.add_argument('--steps', type=int, default=28, help='model calls per image')
+    add_device_args(p, sdxl=False)
+    p = sub.add_parser('export-diffusers-config', help="the config folder diffusers' from_single_file(…, config=DIR) "
+                                                       'needs to read a v-pred single file offline')
+    p.add_argument('dir')
+    p.add_argument('--model', default=None, help='single file whose markers set the scheduler (default: v, ZTSNR)')
+    p.add_argument('--config', dest='model_config', default=None, help='a diffusers folder of non-stock configs')
+    p.add_argument('--ztsnr-table', choices=('on', 'off'), default=None, help='override the scheduler\'s ZTSNR')
     add_train_args(sub.add_parser('train', help='train from a config (see examples/)', description=DESCRIPTION))
     return parser
 
 
 COMMANDS = {'sample': cmd_sample, 'inspect': cmd_inspect, 'tokenize': cmd_tokenize, 'demo': cmd_demo,
-            'train': cmd_train}
+            'train': cmd_train, 'export-diffusers-config': cmd_export_config}
 
 
 def main(argv: Optional[list] = None) -> int:

@@ -125,3 +125,14 @@ def test_perfect_sampler_floor_is_met_by_data_draws():
     g = torch.Generator().manual_seed(123)
     below = sum(ref.stats(subj.draw(256, g))['w1'] <= ref.floor['w1'] for _ in range(100))
     assert 75 <= below <= 99
+
+
+def test_gpu_benchmark_smoke(tmp_path, capsys):
+    """benchmarks/gpu.py --smoke: the package and diffusers' SDXL pipeline on the tiny model, on the CPU; the
+    package clamped at diffusers' 4096 agrees with it, and the table says these are not GPU numbers."""
+    payload = load('gpu').main(['--smoke', '--repeats', '1', '--steps', '3', '--out', str(tmp_path)])
+    table = (tmp_path / 'gpu.md').read_text()
+    assert 'CPU-smoke numbers' in table and '|---|' in table
+    rows = payload['rows']
+    assert [r['batch'] for r in rows] == [1, 4] and rows[0]['clamp_4096_vs_diffusers'] < 1e-3
+    assert all(r['package (from ∞)']['median_s'] > 0 and r['diffusers']['median_s'] > 0 for r in rows)

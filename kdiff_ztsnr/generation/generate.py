@@ -97,7 +97,11 @@ def generate(pipe: Pipeline, p: GenerationParams, init: Optional[Tensor] = None,
     shape = (pipe.channels, p.height // pipe.factor, p.width // pipe.factor)
     gens, noise = sample_noise(seeds, shape)
     noise = noise.to(pipe.device)
-    cond, uncond = split_cond(pipe.encode_prompts([p.prompt] * b + [p.uc] * b), b)
+    if pipe.force_zeros_for_empty_prompt and not p.uc.strip():     # as diffusers' SDXL pipeline: no "" pass
+        cond = pipe.encode_prompts([p.prompt] * b)
+        uncond = {k: torch.zeros_like(v) for k, v in cond.items()}
+    else:
+        cond, uncond = split_cond(pipe.encode_prompts([p.prompt] * b + [p.uc] * b), b)
     if pipe.size_cond is not None:
         extra = pipe.size_cond(p.width, p.height, b)
         cond, uncond = {**cond, **extra}, {**uncond, **extra}

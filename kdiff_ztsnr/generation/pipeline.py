@@ -32,6 +32,7 @@ class Pipeline:
     max_chunks: int = 3                             # prompt chunks of 75 tokens
     size_cond: Optional[Callable[[int, int, int], dict]] = None   # (width, height, batch) -> extra cond (SDXL)
     sigma_data: float = 1.
+    force_zeros_for_empty_prompt: bool = False      # empty negative prompt → all-zero embeddings (diffusers SDXL)
     name: str = 'model'
     info: dict = field(default_factory=dict)
     components: dict = field(default_factory=dict)  # the loaded modules by role (SDXL: unet, vae, text)

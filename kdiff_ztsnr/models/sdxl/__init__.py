@@ -2,7 +2,7 @@
 
 from .config import BASE_SIDE, COMPONENTS, SGM_PREFIXES, build_component, component_config
 from .keys import CheckpointError, component_to_sgm, diffusers_state_dicts, sgm_state_dict
-from .loading import load_sdxl, read_checkpoint, sdxl_tokenizers
+from .loading import inspect_model, load_sdxl, read_checkpoint, sdxl_tokenizers
 from .pipeline import sdxl_pipeline, to_diffusers
 from .prediction import resolve_prediction, scheduler_config
 from .saving import save_pretrained, save_single_file

@@ -153,18 +153,27 @@ def sgm_state_dict(unet: nn.Module, vae: nn.Module, text_encoder: nn.Module,
     return out
 
 
+def convert_component(component: str, sd: dict[str, Tensor], configs: dict[str, dict],
+                      text_encoder_2: Optional[nn.Module] = None) -> dict[str, Tensor]:
+    """One component's SGM keys (prefixed; other keys may be present) → diffusers names, by diffusers' own
+    single-file converters. Tensors keep their dtype and device."""
+    from diffusers.loaders import single_file_utils as sfu
+    try:
+        if component == 'unet':
+            return sfu.convert_ldm_unet_checkpoint(sd, configs['unet'])
+        if component == 'vae':
+            return sfu.convert_ldm_vae_checkpoint(sd, configs['vae'])
+    except (KeyError, IndexError) as e:
+        raise CheckpointError(f'the checkpoint does not fit the {component} config (conversion failed at {e}); '
+                              f'pass the matching {component}_config= (CLI: --config DIR)') from e
+    if component == 'text_encoder':
+        return sfu.convert_ldm_clip_checkpoint(sd)
+    te2 = text_encoder_2 or build_component('text_encoder_2', configs['text_encoder_2'], empty=True)
+    return sfu.convert_open_clip_checkpoint(te2, sd, prefix=SGM_PREFIXES['text_encoder_2'])
+
+
 def diffusers_state_dicts(sd: dict[str, Tensor], configs: dict[str, dict],
                           text_encoder_2: Optional[nn.Module] = None) -> dict[str, dict[str, Tensor]]:
     """An SGM single-file state dict split and converted per component with diffusers' converters."""
-    from diffusers.loaders import single_file_utils as sfu
     te2 = text_encoder_2 or build_component('text_encoder_2', configs['text_encoder_2'], empty=True)
-    out = {}
-    try:
-        out['unet'] = sfu.convert_ldm_unet_checkpoint(sd, configs['unet'])
-        out['vae'] = sfu.convert_ldm_vae_checkpoint(sd, configs['vae'])
-    except (KeyError, IndexError) as e:
-        raise CheckpointError(f'the checkpoint does not fit the UNet/VAE config (conversion failed at {e}); '
-                              f'pass the matching unet_config= / vae_config=') from e
-    out['text_encoder'] = sfu.convert_ldm_clip_checkpoint(sd)
-    out['text_encoder_2'] = sfu.convert_open_clip_checkpoint(te2, sd, prefix=SGM_PREFIXES['text_encoder_2'])
-    return out
+    return {c: convert_component(c, sd, configs, te2) for c in COMPONENTS}

@@ -14,6 +14,13 @@ from typing import Optional
 from ... import schedules
 
 
+def markers(keys) -> tuple[Optional[str], Optional[bool]]:
+    """(prediction, zero terminal SNR) from a single file's top-level keys (ComfyUI's `v_pred`, `ztsnr`)."""
+    keys = set(keys)
+    found_pred = 'v' if 'v_pred' in keys else None
+    return found_pred, ('ztsnr' in keys if found_pred else ('ztsnr' in keys or None))
+
+
 def resolve_prediction(found_pred: Optional[str], found_ztsnr: Optional[bool], prediction_type: Optional[str],
                        zero_terminal_snr: Optional[bool], source: str) -> bool:
     """Check the model is v-prediction (detected or overridden); return whether it is zero-terminal-SNR."""
@@ -22,15 +29,31 @@ def resolve_prediction(found_pred: Optional[str], found_ztsnr: Optional[bool], p
         raise ValueError(f'{source}: cannot tell the prediction type (no `v_pred` marker key, no scheduler '
                          f'prediction_type). SDXL checkpoints without one are normally epsilon-prediction, which '
                          f'kdiff_ztsnr does not sample. For a v-prediction model saved without markers pass '
-                         f'prediction_type="v" (and zero_terminal_snr=True if it is ZTSNR).')
+                         f'prediction_type="v" (command line: --prediction v), and zero_terminal_snr=True '
+                         f'(--ztsnr-table on) '
+                         f'if it is ZTSNR.')
     if pred not in ('v', 'v_prediction'):
         raise ValueError(f'{source}: prediction type {pred!r}; kdiff_ztsnr samples v-prediction models only '
                          f'(pass prediction_type="v" only if the model is in fact v-prediction)')
     ztsnr = found_ztsnr if zero_terminal_snr is None else zero_terminal_snr
     if ztsnr is None:
         warnings.warn(f'{source}: no zero-terminal-SNR information; assuming SDXL\'s ordinary schedule '
-                      f'(σ_max ≈ 14.6). Pass zero_terminal_snr=True for a ZTSNR model.')
+                      f'(σ_max ≈ 14.6). Pass zero_terminal_snr=True (--ztsnr-table on) for a ZTSNR model.')
     return bool(ztsnr)
+
+
+def describe(found_pred: Optional[str], found_ztsnr: Optional[bool], prediction_type: Optional[str],
+             zero_terminal_snr: Optional[bool], where: str) -> str:
+    """One line saying what was detected and what was overridden, for the command line."""
+    pred = f'v-prediction ({"--prediction v" if prediction_type else where})' if (prediction_type or found_pred) \
+        else 'prediction type unknown'
+    if zero_terminal_snr is not None:
+        table = f'zero-terminal-SNR table {"on" if zero_terminal_snr else "off"} (--ztsnr-table)'
+    elif found_ztsnr is None:
+        table = 'no zero-terminal-SNR information (assuming SDXL\'s ordinary schedule)'
+    else:
+        table = f'zero-terminal-SNR table {"on" if found_ztsnr else "off"} ({where})'
+    return f'{pred}, {table}'
 
 
 def scheduler_config(zero_terminal_snr: bool) -> dict:

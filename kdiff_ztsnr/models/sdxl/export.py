@@ -1,0 +1,46 @@
+"""The config folder diffusers needs to read a v-pred single file offline: ``from_single_file(f, config=DIR)``.
+
+diffusers ignores ComfyUI's ``v_pred``/``ztsnr`` markers and, without ``config=``, asks the Hub for SDXL-base's
+ε-prediction configs. This writes the component configs (shipped SDXL ones, or a --config folder's), both
+tokenizers, a v-prediction scheduler config (ZTSNR from the file's markers) and ``model_index.json``.
+"""
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from .config import COMPONENTS, PathLike, component_config
+from .prediction import markers, scheduler_config
+from .saving import MODEL_INDEX
+
+
+def export_diffusers_config(out: PathLike, model: Optional[PathLike] = None, config: Optional[PathLike] = None,
+                            zero_terminal_snr: Optional[bool] = None) -> list[Path]:
+    """Write DIR/{unet,vae,text_encoder,text_encoder_2}/config.json, tokenizer[_2]/, scheduler/, model_index.json;
+    returns the files written. ZTSNR: the override, else the model file's markers, else True."""
+    from .loading import SingleFile, sdxl_tokenizers
+    out = Path(out)
+    if zero_terminal_snr is None and model is not None:
+        pred, found = markers(SingleFile(model).keys)
+        if pred is None:
+            raise ValueError(f'{model}: no v_pred marker; pass --ztsnr-table on|off to export a v-prediction '
+                             f'config for it anyway')
+        zero_terminal_snr = bool(found)
+    written = []
+    for c in COMPONENTS:
+        src = None if config is None else Path(config) / c / 'config.json'
+        cfg = component_config(src if src is not None and src.is_file() else None, c)
+        written.append(_write_json(out / c / 'config.json', cfg))
+    for sub, tok in zip(('tokenizer', 'tokenizer_2'), sdxl_tokenizers()):
+        tok.save_pretrained(out / sub)
+        written.append(out / sub)
+    ztsnr = True if zero_terminal_snr is None else zero_terminal_snr
+    written.append(_write_json(out / 'scheduler' / 'scheduler_config.json', scheduler_config(ztsnr)))
+    written.append(_write_json(out / 'model_index.json', MODEL_INDEX))
+    return written
+
+
+def _write_json(path: Path, obj: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2))
+    return path
