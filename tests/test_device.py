@@ -94,7 +94,7 @@ def test_config_loads_non_stock_single_file(tiny, tmp_path, capsys):
     line = error_line(capsys, sample_args(tiny['file'], tmp_path))                  # shipped full-size configs
     assert 'unet' in line and '--config' in line
     assert cli.main([str(a) for a in sample_args(tiny['file'], tmp_path, '--config', tiny['folder'])]) == 0
-    assert sorted(p.name for p in tmp_path.glob('*.png')) == ['00000000.png']
+    assert sorted(p.name for p in tmp_path.glob('*.png')) == ['00000-0.png']
 
 
 def test_prediction_and_ztsnr_overrides(tiny, tmp_path, capsys):
