@@ -24,16 +24,8 @@ from kdiff_ztsnr import schedules
 from kdiff_ztsnr.generation.generate import generate, sample_noise
 from kdiff_ztsnr.generation.params import GenerationParams
 from kdiff_ztsnr.models import alphas_cumprod_for, sdxl
+from kdiff_ztsnr.models.sdxl.train import tiny_component_configs
 
-TINY = {'unet': dict(block_out_channels=[16, 32, 32], attention_head_dim=[1, 2, 2],
-                     transformer_layers_per_block=[1, 1, 2],
-                     norm_num_groups=8, cross_attention_dim=80, addition_time_embed_dim=8,
-                     projection_class_embeddings_input_dim=40 + 48, sample_size=8),
-        'vae': dict(block_out_channels=[8, 8, 16, 16], layers_per_block=1, norm_num_groups=4, sample_size=64),
-        'text_encoder': dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3,
-                             projection_dim=32),
-        'text_encoder_2': dict(hidden_size=48, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3,
-                               projection_dim=40)}
 
 
 def random_components(smoke: bool, dtype: torch.dtype, device: torch.device) -> dict:
@@ -41,7 +33,7 @@ def random_components(smoke: bool, dtype: torch.dtype, device: torch.device) -> 
     torch.manual_seed(0)
     out = {}
     for c in sdxl.COMPONENTS:
-        cfg = {**sdxl.component_config(None, c), **(TINY[c] if smoke else {})}
+        cfg = tiny_component_configs()[c] if smoke else sdxl.component_config(None, c)
         model = sdxl.build_component(c, cfg, empty=True)
         for mod in model.modules():
             for name, p in list(mod._parameters.items()):

@@ -39,16 +39,10 @@ def tiny_sdxl():
     """A tiny SDXL-architecture ZTSNR model with random weights (the shapes of tests/test_sdxl.py's)."""
     from kdiff_ztsnr.models import alphas_cumprod_for, sdxl
     from kdiff_ztsnr.text import TextConditioner
-    cfg = {'unet': dict(block_out_channels=[16, 32, 32], attention_head_dim=[1, 2, 2], norm_num_groups=8,
-                        transformer_layers_per_block=[1, 1, 2], cross_attention_dim=80, addition_time_embed_dim=8,
-                        projection_class_embeddings_input_dim=40 + 48, sample_size=8),
-           'vae': dict(block_out_channels=[8, 8, 16, 16], layers_per_block=1, norm_num_groups=4, sample_size=64),
-           'text_encoder': dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3,
-                                projection_dim=32),
-           'text_encoder_2': dict(hidden_size=48, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3,
-                                  projection_dim=40)}
+    from kdiff_ztsnr.models.sdxl.train import tiny_component_configs
+    cfg = tiny_component_configs()
     torch.manual_seed(0)
-    m = {c: sdxl.build_component(c, {**sdxl.component_config(None, c), **cfg[c]}) for c in sdxl.COMPONENTS}
+    m = {c: sdxl.build_component(c, cfg[c]) for c in sdxl.COMPONENTS}
     text = TextConditioner([m['text_encoder'], m['text_encoder_2']], sdxl.sdxl_tokenizers())
     mean, std = sdxl.latent_stats_for(m['vae'])
     return sdxl.sdxl_pipeline(m['unet'], m['vae'], text, alphas_cumprod_for(True), mean, std, {'name': 'tiny'})
