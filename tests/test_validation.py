@@ -205,3 +205,15 @@ def test_long_prompt_output_is_bounded(capsys):
     out = capsys.readouterr().out
     dropped = [ln for ln in out.splitlines() if ln.startswith('dropped')]
     assert len(dropped) == 1 and len(dropped[0]) < 400 and 'more characters)' in dropped[0]
+
+
+def test_missing_files_of_train_and_export_name_the_option(tmp_path, capsys):
+    from kdiff_ztsnr import cli
+    for args, want in ((['train', '--config', str(tmp_path / 'no.json')], '--config'),
+                       (['export-diffusers-config', str(tmp_path / 'cfg'), '--model', str(tmp_path / 'no.safetensors')],
+                        '--model')):
+        capsys.readouterr()
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f'error: {want} ') and 'no such file' in err and err.count('\n') == 1
+    assert not (tmp_path / 'cfg').exists()                     # nothing written before the check

@@ -1,6 +1,7 @@
 """``kdiff-ztsnr train`` / ``python -m kdiff_ztsnr.training``: train from a config, or resume a run."""
 
 import argparse
+from pathlib import Path
 from typing import Optional
 
 
@@ -29,6 +30,9 @@ def train_from_args(args: argparse.Namespace):
         raise ValueError('train: give --config, --resume, or both')
     if args.resume is not None and args.overwrite:
         raise ValueError('--resume and --overwrite exclude each other')
+    if args.config is not None and not Path(args.config).is_file():
+        raise FileNotFoundError(f'--config {args.config}: no such file (a JSON training config, e.g. '
+                                f'examples/train_tiny.json)')
     config = load_training_config(args.config if args.config is not None
                                   else resolve_checkpoint(args.resume) / 'model.safetensors')
     overrides = {k: v for k, v in (('steps', args.steps), ('out_dir', args.out_dir)) if v is not None}

@@ -20,6 +20,8 @@ def export_diffusers_config(out: PathLike, model: Optional[PathLike] = None, con
     returns the files written. ZTSNR: the override, else the model file's markers, else True."""
     from .loading import SingleFile, sdxl_tokenizers
     out = Path(out)
+    if model is not None and not Path(model).is_file():
+        raise FileNotFoundError(f'--model {model}: no such file (an SDXL single-file .safetensors)')
     if zero_terminal_snr is None and model is not None:
         pred, found = markers(SingleFile(model).keys)
         if pred is None:
