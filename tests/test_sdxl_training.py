@@ -109,10 +109,10 @@ def test_full_finetune_saves_single_file_diffusers_reads(base, tmp_path, source)
     assert pipe.zero_terminal_snr and equal_state(pipe.components['unet'].state_dict(), ema)
 
 
-@pytest.mark.parametrize('lora', [None, {'rank': 2, 'dropout': 0.1}])
-def test_resume_is_exact(base, tmp_path, lora):
+@pytest.mark.parametrize('lora, text', [(None, False), ({'rank': 2, 'dropout': 0.1}, False), (None, True)])
+def test_resume_is_exact(base, tmp_path, lora, text):
     def config(name, steps):
-        cfg = sdxl_config(tmp_path / name, base['file'], steps=steps)
+        cfg = sdxl_config(tmp_path / name, base['file'], steps=steps, train_text_encoders=text)
         cfg['model']['lora'] = lora
         return cfg
     full = training.Trainer(config('full', 4)).run()
@@ -123,9 +123,52 @@ def test_resume_is_exact(base, tmp_path, lora):
     split = training.Trainer(config('split', 4)).run(resume=tmp_path / 'split')
     assert equal_state(full.unwrapped.state_dict(), split.unwrapped.state_dict())
     assert equal_state(full.inner_ema.state_dict(), split.inner_ema.state_dict())
+    if text:                                                              # trained encoders, live and EMA
+        assert equal_state(full.text.state_dict(), split.text.state_dict())
+        assert equal_state(full.text_ema.state_dict(), split.text_ema.state_dict())
     rows = [[json.loads(r)['loss'] for r in (tmp_path / d / 'metrics.jsonl').read_text().splitlines()]
             for d in ('full', 'split')]
     assert rows[0] == rows[1] and len(rows[0]) == 4
+
+
+def test_train_text_encoders(base, tmp_path):
+    """On: both encoders change (own LR group, no prompt cache) and the single file holds their EMA weights;
+    off: they stay bit-identical to the base."""
+    start = base['pipe'].components['text'].state_dict()
+    frozen = training.Trainer(sdxl_config(tmp_path / 'off', base['file'], steps=1)).run()
+    assert equal_state(frozen.text.state_dict(), start) and frozen.text_ema is None
+    from accelerate.state import AcceleratorState, GradientState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    cfg = sdxl_config(tmp_path / 'on', base['file'], steps=2, train_text_encoders=True)
+    cfg['optimizer']['text_lr'] = 1e-2
+    tr = training.Trainer(cfg)
+    assert [g['lr'] for g in tr.opt.param_groups] == [1e-3, 1e-2] and not hasattr(tr.encode, 'memo')
+    tr.train_step()                                                       # gradients reach both encoders
+    assert all(any(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
+               for enc in tr.text.encoders)
+    tr.run()                                                              # to step 2, checkpointed
+    for i, enc in enumerate(tr.text.encoders):                            # both encoders trained
+        assert not equal_state(enc.state_dict(), base['pipe'].components['text'].encoders[i].state_dict())
+    assert not equal_state(tr.text_ema.state_dict(), tr.text.state_dict())   # EMA'd, not copied
+    ckpt = resolve_checkpoint(tmp_path / 'on')
+    assert equal_state(load_file(str(ckpt / 'text_ema.safetensors')), tr.text_ema.state_dict())
+    ours = sdxl.load_sdxl(ckpt / 'sdxl.safetensors', **TINY_KW).components['text']
+    for mine, saved in zip(tr.text_ema.encoders, ours.encoders):         # the single file: the EMA encoders
+        sd = saved.state_dict()
+        assert all(torch.equal(sd[k], v) for k, v in mine.state_dict().items())
+
+
+def test_train_text_encoders_refusals(base, tmp_path):
+    cfg = sdxl_config(tmp_path, base['file'], train_text_encoders=True)
+    cfg['model']['lora'] = {'rank': 2}
+    with pytest.raises(ValueError, match='train_text_encoders'):
+        training.Trainer(cfg)
+    cfg = {'model': {'type': 'image_v1', 'input_channels': 3, 'mapping_out': 16, 'depths': [1],
+                     'channels': [8], 'self_attn_depths': [False]},
+           'dataset': {'type': 'synthetic'}, 'training': {'train_text_encoders': True}}
+    with pytest.raises(ValueError, match="train_text_encoders' needs the SDXL full fine-tune"):
+        training.load_training_config(cfg)
 
 
 def test_size_conditioning_is_per_item(base, tmp_path):

@@ -26,7 +26,7 @@ DEFAULTS = {
         'augment_wrapper': False,
         'cross_cond_dim': None,       # None: the text encoders' hidden size (Σ over encoders)
         'mapping_cond_dim': None,     # None: the pooled embedding size
-        # type 'sdxl' (training/sdxl.py): an SDXL-architecture UNet; VAE and CLIP-L/bigG frozen
+        # type 'sdxl' (training/sdxl.py): an SDXL-architecture UNet; VAE frozen, CLIP-L/bigG unless trained
         'path': None,                 # diffusers folder or SGM single file; None: built from components
         'components': None,           # {unet, vae, text_encoder, text_encoder_2}: config dicts/JSON paths
         'source_prediction': None,    # 'epsilon': an ε checkpoint to convert to v (report §2.2)
@@ -58,7 +58,8 @@ DEFAULTS = {
         'final_norm': False,
         'cache': 1024,                # LRU memo of embeddings for this many prompts; 0 = off
     },
-    'optimizer': {'type': 'adamw', 'lr': 1e-4, 'betas': [0.9, 0.999], 'eps': 1e-8, 'weight_decay': 1e-4},
+    'optimizer': {'type': 'adamw', 'lr': 1e-4, 'betas': [0.9, 0.999], 'eps': 1e-8, 'weight_decay': 1e-4,
+                  'text_lr': None},   # sdxl + train_text_encoders: the encoders' LR (None: lr)
     'lr_sched': {'type': 'constant', 'warmup': 0.},
     'ema_sched': {'type': 'inverse', 'power': 0.6667, 'max_value': 0.9999},
     'training': {
@@ -81,6 +82,7 @@ DEFAULTS = {
         'compile': False,             # torch.compile the UNet (in place)
         'save_single_file': True,     # sdxl: checkpoint-*/sdxl.safetensors (SGM, v_pred/ztsnr markers)
         'save_diffusers': False,      # sdxl: checkpoint-*/diffusers/
+        'train_text_encoders': False, # sdxl full fine-tune: train CLIP-L/bigG too (EMA'd; no prompt cache)
         'preview_every': 0,           # sdxl: previews/step-N.png from σ = ∞ with the EMA weights; 0 = off
         'preview': None,              # {'prompts', 'seeds', 'steps', 'scale', 'width', 'height', 'sampler'}
     },

@@ -1,5 +1,7 @@
 """Optimizer, LR schedule and EMA schedule of a config, built from torch's and k-diffusion's pieces."""
 
+from typing import Sequence
+
 import torch
 from k_diffusion import utils as k_utils
 from torch import nn, optim
@@ -16,11 +18,14 @@ def _compat(cls):
     return type(cls.__name__, (cls, _NoVerbose), {})
 
 
-def build_optimizer(opt_config: dict, model: nn.Module) -> optim.Optimizer:
-    """AdamW or SGD as k-diffusion's train.py builds them (its param_groups when the model has them)."""
+def build_optimizer(opt_config: dict, model: nn.Module, extra_groups: Sequence[dict] = ()) -> optim.Optimizer:
+    """AdamW or SGD as k-diffusion's train.py builds them (its param_groups when the model has them);
+    ``extra_groups``: further param groups after the model's (e.g. SDXL text encoders with their own lr)."""
     lr = opt_config['lr']
     params = (model.param_groups(lr) if hasattr(model, 'param_groups')
               else [p for p in model.parameters() if p.requires_grad])   # LoRA: the adapter only
+    if extra_groups:
+        params = (params if params and isinstance(params[0], dict) else [{'params': params}]) + list(extra_groups)
     if opt_config['type'] == 'adamw8bit':                                 # optional extra: bitsandbytes
         import bitsandbytes as bnb
         return bnb.optim.AdamW8bit(params, lr=lr, betas=tuple(opt_config['betas']), eps=opt_config['eps'],

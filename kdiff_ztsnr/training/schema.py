@@ -107,7 +107,8 @@ TEXT_SECTION = {
 }
 OPTIMIZER = {'type': choice('adamw', 'adamw8bit', 'sgd'), 'lr': num(0, 10, gt=True),
              'betas': Key((list,), item=num(0, 1), length=(2, 2)), 'eps': num(0, 1, gt=True),
-             'weight_decay': num(0, 10), 'momentum': num(0, 1), 'nesterov': BOOL}
+             'weight_decay': num(0, 10), 'momentum': num(0, 1), 'nesterov': BOOL,
+             'text_lr': num(0, 10, gt=True, optional=True)}
 LR_SCHED = {'type': choice('constant', 'inverse', 'exponential'), 'warmup': num(0, 0.9999),
             'inv_gamma': num(0, 1e12, gt=True), 'power': num(0, 100), 'num_steps': num(0, 1e12, gt=True),
             'decay': num(0, 1, gt=True), 'min_lr': num(0, 10)}
@@ -122,6 +123,7 @@ TRAINING = {
     'checkpoint_every': integer(1, 1 << 40), 'keep_checkpoints': integer(0, 1 << 20),
     'log_every': integer(1, 1 << 40), 'out_dir': Key((str,), optional=True),
     'gradient_checkpointing': BOOL, 'compile': BOOL, 'save_single_file': BOOL, 'save_diffusers': BOOL,
+    'train_text_encoders': BOOL,
     'preview_every': integer(0, 1 << 40), 'preview': Key((dict,), optional=True, section=PREVIEW),
 }
 SCHEMA = {'model': MODEL, 'dataset': DATASET, 'text': TEXT_SECTION, 'optimizer': OPTIMIZER,
@@ -201,5 +203,9 @@ def check_merged(config: dict) -> None:
     if config['dataset']['type'] in ('imagefolder', 'latents') and not config['dataset'].get('location'):
         raise ValueError(f"config key 'dataset.location' is required for dataset.type "
                          f"{config['dataset']['type']!r}: the folder to read")
+    if config['training'].get('train_text_encoders') and (mc['type'] != 'sdxl' or mc.get('lora')):
+        raise ValueError("config key 'training.train_text_encoders' needs the SDXL full fine-tune: model.type "
+                         f"'sdxl' without model.lora (got model.type {mc['type']!r}"
+                         f"{', model.lora set' if mc.get('lora') else ''})")
     if config['text']['type'] == 'pretrained' and not config['text'].get('path'):
         raise ValueError("config key 'text.path' is required for text.type 'pretrained'")

@@ -1,4 +1,5 @@
-"""The trainer's SDXL path (``model.type: "sdxl"``): the UNet is trained, its VAE and two CLIP encoders are frozen.
+"""The trainer's SDXL path (``model.type: "sdxl"``): the UNet is trained, its VAE is frozen; its two CLIP encoders
+are frozen (prompt embeddings memoised by `text.CachedText`) unless ``training.train_text_encoders``.
 
 - conditioning (§4.2): CLIP-L ⊕ bigG penultimate states over up to 3 × 75-token chunks, pooled = mean of the
   chunks' pooled bigG states (`text.TextConditioner`); SDXL's size conditioning ``add_time_ids`` = original
@@ -10,10 +11,16 @@
 - outputs (in each checkpoint): ``sdxl.safetensors``, the EMA UNet with the frozen VAE/encoders as one SGM
   single file with ComfyUI's ``v_pred``/``ztsnr`` markers; ``diffusers/`` on request; for LoRA
   ``lora.safetensors`` (kohya keys) from the EMA adapter, and the merged single file on request.
+- ``training.train_text_encoders`` (full fine-tune only): both encoders train (own param group, LR
+  ``optimizer.text_lr`` or ``lr``), every batch is encoded with grad (no prompt cache), and they are EMA'd like
+  the UNet: checkpoints hold ``text.safetensors`` (live) and ``text_ema.safetensors``; the single file and
+  previews use the EMA encoders, as they use the EMA UNet.
 """
 
 import copy
 from pathlib import Path
+from typing import Optional, Sequence
+
 import torch
 from torch import Tensor
 
@@ -35,7 +42,10 @@ class SDXLTraining:
         mc, tc = config['model'], config['training']
         unet, vae, text, self.info = load_parts(mc)
         self.text = TextConditioner(list(text.encoders), text.tokenizers, **text_options(config['text']))
-        self.text.eval().requires_grad_(False)
+        self.train_text = bool(tc.get('train_text_encoders'))
+        if self.train_text and mc.get('lora'):           # also refused by schema.check_merged
+            raise ValueError('training.train_text_encoders is not available with model.lora')
+        self.text.train(self.train_text).requires_grad_(self.train_text)
         self.vae = vae.float().eval().requires_grad_(False)
         self.factor = vae_factor(vae)
         self.latent_stats = mc.get('latent_stats')
@@ -77,24 +87,43 @@ class SDXLTraining:
         ids = time_ids(batch['original_size'], batch['crop'], (h, w), b, device)
         return z.float(), {'add_time_ids': ids}
 
-    def pipeline(self, inner: SDXLUNetInner):
-        """The package's Pipeline around a (trained) UNet and the frozen parts, e.g. for previews."""
-        return sdxl_pipeline(inner.unet, self.vae, self.text, alphas_cumprod_for(self.ztsnr), self.mean,
+    def text_groups(self, opt_config: dict) -> list[dict]:
+        """The encoders' optimizer param group (LR ``text_lr``, else ``lr``); none when they are frozen."""
+        if not self.train_text:
+            return []
+        lr = opt_config.get('text_lr') or opt_config['lr']
+        return [{'params': [p for p in self.text.parameters() if p.requires_grad], 'lr': lr}]
+
+    def pipeline(self, inner: SDXLUNetInner, text: Optional[TextConditioner] = None):
+        """The package's Pipeline around a (trained) UNet, the VAE and the (given or own) encoders, e.g. for
+        previews."""
+        return sdxl_pipeline(inner.unet, self.vae, text or self.text, alphas_cumprod_for(self.ztsnr), self.mean,
                              self.std, {'name': 'preview', 'prediction_type': 'v', 'zero_terminal_snr': self.ztsnr})
 
-    def export(self, ckpt: Path, ema: SDXLUNetInner, step: int) -> None:
-        """The loadable outputs of one checkpoint (module docstring), from the EMA weights."""
+    def export(self, ckpt: Path, ema: SDXLUNetInner, step: int, text: Optional[TextConditioner] = None) -> None:
+        """The loadable outputs of one checkpoint (module docstring), from the EMA weights (UNet; ``text``: the
+        EMA encoders when they are trained)."""
         unet = ema.unet
         if self.lora:
             save_kohya_lora(unet, ckpt / 'lora.safetensors', self.lora['alpha'], {'step': step})
             if not self.lora.get('save_merged'):
                 return
             unet = merge_lora(copy.deepcopy(unet))
-        pipe = self.pipeline(SDXLUNetInner(unet, self.factor))
+        pipe = self.pipeline(SDXLUNetInner(unet, self.factor), text)
         if self.save_single:
             save_single_file(pipe, ckpt / 'sdxl.safetensors')
         if self.save_diffusers:
             save_pretrained(pipe, ckpt / 'diffusers')
+
+
+class LiveText:
+    """Prompts → {'context', 'pooled'} through (trained) encoders with grad: CachedText's interface, no memo."""
+
+    def __init__(self, cond):
+        self.cond = cond
+
+    def __call__(self, prompts: Sequence[str], device) -> dict:
+        return {k: v.to(device) for k, v in self.cond(list(prompts)).items()}
 
 
 def cache_sdxl_latents(parts: SDXLTraining, dataset, out_dir: Path, batch_size: int = 8, seed: int = 0,

@@ -11,7 +11,8 @@ sampler position and the global RNGs (for dropout layers), so ``--resume`` conti
 
 Checkpoint ``out_dir/checkpoint-NNNNNNNN/``: ``model.safetensors`` and ``ema.safetensors`` (the inner
 network; metadata ``config`` JSON and ``step``, readable by ``k_diffusion.config.load_config``),
-``text.safetensors`` (the frozen random text encoders of text.type 'clip'), ``state.pt`` (optimizer, LR/EMA schedulers, step) and
+``text.safetensors`` (the frozen random text encoders of text.type 'clip'; or the SDXL encoders when
+``training.train_text_encoders``, with ``text_ema.safetensors``), ``state.pt`` (optimizer, LR/EMA schedulers, step) and
 ``rank-R.pt`` (bucket sampler and python/numpy/torch RNG states of rank R), both read with
 ``weights_only=True``. The directory is written under a temporary name and os.replace'd; ``out_dir/latest``
 names the newest. ``runs`` holds the out_dir rules (no run over a previous one, pruning by step, resume checks).
@@ -64,14 +65,15 @@ class Trainer:
         random.seed(self.seed)
         np.random.seed(self.seed % 2 ** 32)
         torch.manual_seed(self.seed)                  # model init: identical on every rank
-        self.sdxl = None
+        self.sdxl, self.text_ema = None, None
         if config['model']['type'] == 'sdxl':          # SDXL UNet; its VAE and CLIP encoders frozen (sdxl.py)
             from .sdxl import SDXLTraining
             self.sdxl = SDXLTraining(config).to(self.accelerator.device)
         self.text = build_text(config['text']) if self.sdxl is None else self.sdxl.text
         self.config = resolve_text_dims(config, self.text)
-        self.encode = None if self.text is None else CachedText(self.text.to(self.accelerator.device),
-                                                                config['text']['cache'])
+        self.train_text = self.sdxl is not None and self.sdxl.train_text   # encoders trained: LiveText (below)
+        self.encode = None if self.text is None or self.train_text else CachedText(
+            self.text.to(self.accelerator.device), config['text']['cache'])
         self.sigma_loss = SigmaBucketLoss()
         self._setup_data()
         self._setup_model()
@@ -103,10 +105,20 @@ class Trainer:
     def _setup_model(self) -> None:
         inner = build_model(self.config) if self.sdxl is None else self.sdxl.inner
         self.inner_ema = copy.deepcopy(inner).eval().requires_grad_(False)
-        opt = build_optimizer(self.config['optimizer'], inner)
+        groups = self.sdxl.text_groups(self.config['optimizer']) if self.train_text else []
+        opt = build_optimizer(self.config['optimizer'], inner, groups)
         self.lr_sched = build_lr_sched(self.config['lr_sched'], opt)
         self.ema_sched = build_ema_sched(self.config['ema_sched'])
-        self.inner, self.opt = self.accelerator.prepare(inner, opt)
+        if self.train_text:
+            from .sdxl import LiveText
+            self.text_ema = copy.deepcopy(self.text).eval().requires_grad_(False)
+            self.inner, text_model, self.opt = self.accelerator.prepare(inner, self.text, opt)
+            self.trained = [self.inner, text_model]
+            self.encode = LiveText(text_model)         # every batch with grad, no memo
+            self.text_ema_update = EMAUpdate(self.text, self.text_ema)
+        else:
+            self.inner, self.opt = self.accelerator.prepare(inner, opt)
+            self.trained = [self.inner]
         self.model = build_denoiser(self.config, self.inner).to(self.accelerator.device)
         self.inner_ema.to(self.accelerator.device)
         self.ema_update = EMAUpdate(self.unwrapped, self.inner_ema)
@@ -136,7 +148,8 @@ class Trainer:
     def train_step(self) -> dict:
         """One optimizer step over grad_accum_steps micro-batches; returns this rank's metrics."""
         acc, tc = self.accelerator, self.config['training']
-        self.inner.train()
+        for m in self.trained:
+            m.train()
         self.opt.zero_grad()
         self.sigma_loss.reset()
         losses, indices, skipped = [], [], 0
@@ -144,11 +157,11 @@ class Trainer:
             batch = self.data.next()
             indices += batch['index'].tolist()
             skipped += batch['skipped']
-            with acc.accumulate(self.inner):
+            with acc.accumulate(*self.trained):
                 loss = self.micro_loss(batch, micro)
                 acc.backward(loss)
                 if acc.sync_gradients and tc['grad_clip']:
-                    acc.clip_grad_norm_(self.inner.parameters(), tc['grad_clip'])
+                    acc.clip_grad_norm_([p for m in self.trained for p in m.parameters()], tc['grad_clip'])
                 self.opt.step()
             losses.append(loss.detach())
         assert acc.sync_gradients, 'gradient accumulation out of step with grad_accum_steps'
@@ -156,6 +169,8 @@ class Trainer:
         self.lr_sched.step()
         ema_decay = self.ema_sched.get_value()
         self.ema_update(ema_decay)                     # = k_diffusion.utils.ema_update, foreach
+        if self.text_ema is not None:
+            self.text_ema_update(ema_decay)            # trained encoders: the same EMA as the UNet
         self.ema_sched.step()
         self.step += 1
         loss = acc.reduce(torch.stack(losses).mean(), 'mean').item()
@@ -177,8 +192,11 @@ class Trainer:
             meta = {'config': json.dumps(self.config), 'step': self.step, 'base_side': self.base_side}
             save_weights(self.unwrapped, tmp / 'model.safetensors', meta)
             save_weights(self.inner_ema, tmp / 'ema.safetensors', meta)
+            if self.text_ema is not None:                  # trained SDXL encoders: live and EMA
+                save_weights(self.text, tmp / 'text.safetensors', meta)
+                save_weights(self.text_ema, tmp / 'text_ema.safetensors', meta)
             if self.sdxl is not None:                      # SGM single file / LoRA for UIs (sdxl.py)
-                self.sdxl.export(tmp, self.inner_ema, self.step)
+                self.sdxl.export(tmp, self.inner_ema, self.step, self.text_ema)
             elif self.config['text']['type'] == 'clip':    # random encoders: keep them with the model
                 save_weights(self.text, tmp / 'text.safetensors', meta)
             atomic_torch_save({'step': self.step, 'opt': self.opt.state_dict(), 'lr_sched': self.lr_sched.state_dict(),
@@ -202,7 +220,7 @@ class Trainer:
         from .preview import preview_grid
         used = self.dataset.bucket_idx[self.dataset.bucket_idx >= 0]
         wh = np.asarray(self.dataset.buckets)[np.bincount(used).argmax()]     # the most common bucket
-        return preview_grid(self.sdxl.pipeline(self.inner_ema), self.config['training'].get('preview'),
+        return preview_grid(self.sdxl.pipeline(self.inner_ema, self.text_ema), self.config['training'].get('preview'),
                             (int(wh[0]), int(wh[1])), self.out_dir / 'previews' / f'step-{self.step:08d}.png',
                             self.step)
 
@@ -217,7 +235,10 @@ class Trainer:
         load_weights(self.inner_ema, ckpt / 'ema.safetensors')
         if self.text is not None and (ckpt / 'text.safetensors').is_file():
             load_weights(self.text, ckpt / 'text.safetensors')
-            self.encode.memo.clear()
+            if hasattr(self.encode, 'memo'):
+                self.encode.memo.clear()
+        if self.text_ema is not None:
+            load_weights(self.text_ema, ckpt / 'text_ema.safetensors')
         self.opt.load_state_dict(state['opt'])
         self.lr_sched.load_state_dict(state['lr_sched'])
         self.ema_sched.load_state_dict(state['ema_sched'])
