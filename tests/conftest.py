@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import torch
 
 from kdiff_ztsnr import schedules
 from kdiff_ztsnr.oracle import brightness_dataset, exact_model
@@ -70,3 +71,18 @@ def tiny_pipeline(zero_terminal_snr: bool = True):
     mean, std = sdxl.latent_stats_for(m['vae'])
     return sdxl.sdxl_pipeline(m['unet'], m['vae'], text, alphas_cumprod_for(zero_terminal_snr), mean, std,
                               {'name': 'tiny'})
+
+
+@pytest.fixture
+def fresh_process_state():
+    """Each Trainer builds its own Accelerator; accelerate's singleton state fixes mixed precision per process,
+    so reset it between tests (single process only). One torch thread keeps timings stable on a shared CPU."""
+    from accelerate.state import AcceleratorState, GradientState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

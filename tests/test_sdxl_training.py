@@ -29,17 +29,7 @@ ONLY_64 = {'max_area': 64 * 64, 'max_side': 64, 'min_side': 64, 'step': 64, 'ext
 BUCKETS_64 = {'max_area': 64 * 64, 'max_side': 128, 'min_side': 32, 'step': 32, 'extra': [[64, 64]]}
 
 
-@pytest.fixture(autouse=True)
-def fresh_process_state():
-    from accelerate.state import AcceleratorState, GradientState
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures('fresh_process_state')   # conftest: a fresh accelerate state per test
 
 
 @pytest.fixture(scope='module')

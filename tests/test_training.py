@@ -29,19 +29,7 @@ MODEL = {'type': 'image_v1', 'input_channels': 3, 'mapping_out': 32, 'depths': [
          'self_attn_depths': [False, True]}
 
 
-@pytest.fixture(autouse=True)
-def fresh_process_state():
-    """Each Trainer builds its own Accelerator; accelerate's singleton state fixes mixed precision per process,
-    so reset it between tests (single process only). One torch thread keeps timings stable on a shared CPU."""
-    from accelerate.state import AcceleratorState, GradientState
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures('fresh_process_state')   # conftest: a fresh accelerate state per test
 
 
 def tiny_config(out_dir, **training_overrides) -> dict:
