@@ -14,8 +14,10 @@ from kdiff_ztsnr.training import runs, trainer as trainer_module
 from kdiff_ztsnr.training.schema import SCHEMA, validate_config
 from kdiff_ztsnr.training.data.synthetic import make_synthetic_dataset
 from conftest import train_tiny_checkpoint
-from test_training import fresh_process_state, tiny_config  # noqa: F401  (autouse fixture)
+from test_training import tiny_config
 from test_validation import expect_error
+
+pytestmark = pytest.mark.usefixtures('fresh_process_state')   # conftest: a fresh accelerate state per test
 
 
 @pytest.fixture
