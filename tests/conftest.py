@@ -73,6 +73,20 @@ def tiny_pipeline(zero_terminal_snr: bool = True):
                               {'name': 'tiny'})
 
 
+def write_tiny_sdxl(root) -> dict:
+    """tiny_pipeline() written as a diffusers folder, an SGM single file with the v_pred/ztsnr markers, and the
+    same file without markers (an ε-looking or community file): {'pipe', 'root', 'folder', 'file', 'nomarkers'}."""
+    from safetensors.torch import load_file, save_file
+    from kdiff_ztsnr.models import sdxl
+    pipe = tiny_pipeline()
+    sdxl.save_pretrained(pipe, root / 'folder')
+    sdxl.save_single_file(pipe, root / 'tiny.safetensors')
+    sd = {k: v for k, v in load_file(str(root / 'tiny.safetensors')).items() if k not in ('v_pred', 'ztsnr')}
+    save_file(sd, str(root / 'nomarkers.safetensors'))
+    return {'pipe': pipe, 'root': root, 'folder': root / 'folder', 'file': root / 'tiny.safetensors',
+            'nomarkers': root / 'nomarkers.safetensors'}
+
+
 @pytest.fixture
 def fresh_process_state():
     """Each Trainer builds its own Accelerator; accelerate's singleton state fixes mixed precision per process,

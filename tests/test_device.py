@@ -8,28 +8,20 @@ import torch
 
 pytest.importorskip('diffusers')
 
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 from kdiff_ztsnr import cli  # noqa: E402
 from kdiff_ztsnr.generation.device import resolve_device, resolve_dtype  # noqa: E402
 from kdiff_ztsnr.generation.generate import generate  # noqa: E402
 from kdiff_ztsnr.generation.loading import load_pipeline  # noqa: E402
 from kdiff_ztsnr.generation.params import GenerationParams  # noqa: E402
-from kdiff_ztsnr.models import sdxl  # noqa: E402
-from test_sdxl import tiny_pipeline  # noqa: E402
+from conftest import write_tiny_sdxl  # noqa: E402
 
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
-    """A tiny SDXL single file (non-stock architecture) and the diffusers folder of the same weights."""
-    root = tmp_path_factory.mktemp('tiny')
-    pipe = tiny_pipeline()
-    sdxl.save_single_file(pipe, root / 'tiny.safetensors')
-    sdxl.save_pretrained(pipe, root / 'folder')
-    sd = {k: v for k, v in load_file(str(root / 'tiny.safetensors')).items() if k not in ('v_pred', 'ztsnr')}
-    save_file(sd, str(root / 'nomarkers.safetensors'))
-    return {'root': root, 'file': root / 'tiny.safetensors', 'folder': root / 'folder',
-            'nomarkers': root / 'nomarkers.safetensors'}
+    """A tiny SDXL single file (non-stock architecture), the markerless copy and the diffusers folder."""
+    return write_tiny_sdxl(tmp_path_factory.mktemp('tiny'))
 
 
 def test_resolve_device_and_dtype():

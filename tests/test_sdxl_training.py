@@ -15,9 +15,9 @@ pytest.importorskip('peft')
 
 from PIL import Image  # noqa: E402
 from safetensors import safe_open  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
-from conftest import TINY, TINY_KW, tiny_pipeline  # noqa: E402
+from conftest import TINY, TINY_KW, write_tiny_sdxl  # noqa: E402
 from kdiff_ztsnr import training  # noqa: E402
 from kdiff_ztsnr.models import sdxl  # noqa: E402
 from kdiff_ztsnr.models.checkpoint import resolve_checkpoint  # noqa: E402
@@ -35,14 +35,8 @@ pytestmark = pytest.mark.usefixtures('fresh_process_state')   # conftest: a fres
 @pytest.fixture(scope='module')
 def base(tmp_path_factory):
     """The tiny SDXL as a diffusers folder, a v/ZTSNR single file and an ε single file (no markers)."""
-    root = tmp_path_factory.mktemp('base')
-    pipe = tiny_pipeline()
-    sdxl.save_pretrained(pipe, root / 'folder')
-    sdxl.save_single_file(pipe, root / 'v.safetensors')
-    sd = {k: v for k, v in load_file(str(root / 'v.safetensors')).items() if k not in ('v_pred', 'ztsnr')}
-    save_file(sd, str(root / 'eps.safetensors'))
-    return {'root': root, 'pipe': pipe, 'folder': root / 'folder', 'file': root / 'v.safetensors',
-            'eps': root / 'eps.safetensors'}
+    b = write_tiny_sdxl(tmp_path_factory.mktemp('base'))
+    return {**b, 'eps': b['nomarkers']}
 
 
 def sdxl_config(out, path=None, steps=2, **training_overrides) -> dict:
