@@ -129,5 +129,5 @@ def test_truncated_safetensors(tmp_path, cut):
     save_file({'w': torch.ones(4, 4)}, str(tmp_path / 'ok.safetensors'), metadata={'config': '{}'})
     data = (tmp_path / 'ok.safetensors').read_bytes()
     (tmp_path / 'cut.safetensors').write_bytes(data[:cut])
-    with pytest.raises(ValueError, match='cut.safetensors: not a readable .safetensors file'):
+    with pytest.raises(ValueError, match='cut.safetensors: not a valid .safetensors file'):
         load_safetensors(tmp_path / 'cut.safetensors')

@@ -11,15 +11,21 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from ..denoisers import DiscreteVDenoiser
 from ..text import TextConditioner, build_text
+from ..untrusted import printable, regular_file
 from . import alphas_cumprod_for, build_denoiser, build_model
+from .safetensors_reader import SafetensorsReader
 
 PathLike = Union[str, os.PathLike]
+MAX_CONFIG = 1 << 20                 # characters of config JSON in a checkpoint's metadata
+BUILD_ERRORS = (KeyError, TypeError, AttributeError, IndexError, ValueError, RuntimeError, ZeroDivisionError,
+                OverflowError, RecursionError)
+MAX_UNSTORED_TEXT = 1 << 30          # bytes of random text encoders a checkpoint may declare without text.safetensors
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -48,70 +54,103 @@ def resolve_checkpoint(path: PathLike) -> Path:
     if (path / 'state.pt').is_file() or (path / 'ema.safetensors').is_file():
         return path
     if (path / 'latest').is_file():
-        return path / (path / 'latest').read_text().strip()
+        with open(regular_file(path / 'latest'), encoding='utf-8', errors='replace') as f:
+            name = f.read(256).strip()
+        if not name or name in ('.', '..') or any(c in name for c in '/\\\0'):
+            raise ValueError(f'{path / "latest"}: must name a checkpoint folder inside {path}, got {name!r}')
+        return path / name
     raise FileNotFoundError(f'{path} is neither a checkpoint directory nor an out_dir with a latest checkpoint')
 
 
 def load_safetensors(path: PathLike) -> dict:
-    """A safetensors file's tensors; a missing, truncated or corrupt file is one ValueError naming it."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f'{path}: no such file')
-    try:
-        return load_file(str(path))
-    except Exception as e:                       # SafetensorError, or OSError from a short read
-        raise ValueError(f'{path}: not a readable .safetensors file (truncated or corrupt: {str(e)[:200]})') from None
+    """A safetensors file's tensors, read through the safetensors library; a missing, special, truncated or
+    corrupt file is one error naming it (`SafetensorsReader`)."""
+    return SafetensorsReader(path).read_all()
+
+
+def check_fits(module: nn.Module, reader: SafetensorsReader) -> None:
+    """The file's declared names and shapes against the module's, before a byte of tensor data is read."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in reader.info]
+    unexpected = [k for k in reader.info if k not in expected]
+    shapes = [f'{k} {reader.info[k][1]} (config: {tuple(v.shape)})' for k, v in expected.items()
+              if k in reader.info and reader.info[k][1] != tuple(v.shape)]
+    parts = [f'{len(xs)} {what}: {", ".join(xs[:3])}' for what, xs in
+             (('missing', missing), ('unexpected', unexpected), ('with wrong shapes', shapes)) if xs]
+    if parts:
+        raise ValueError(f'{reader.path}: weights do not fit the model of its config ({"; ".join(parts)})')
 
 
 def load_weights(module: nn.Module, path: PathLike) -> None:
-    """load_state_dict from a safetensors file; a file that does not fit the module names the file."""
-    try:
-        module.load_state_dict(load_safetensors(path))
-    except RuntimeError as e:
-        raise ValueError(f'{path}: weights do not fit the model of its config ({str(e)[:300]})') from None
+    """load_state_dict from a safetensors file, its declared shapes checked against the module first."""
+    reader = SafetensorsReader(path)
+    check_fits(module, reader)
+    module.load_state_dict(reader.read_all())
 
 
 def read_metadata(path: Path) -> dict:
     """The string metadata of a safetensors file, with ``config`` parsed from JSON."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f'{path}: no such file')
-    try:
-        with safe_open(str(path), 'pt') as f:
-            meta = dict(f.metadata() or {})
-    except Exception as e:
-        raise ValueError(f'{path}: not a readable .safetensors file (truncated or corrupt: {str(e)[:200]})') from None
+    meta = SafetensorsReader(path).metadata
     if 'config' not in meta:
         raise ValueError(f'{path}: no training config in its metadata (not written by kdiff-ztsnr train)')
+    if len(meta['config']) > MAX_CONFIG:
+        raise ValueError(f'{path}: its config metadata is {len(meta["config"])} characters (at most {MAX_CONFIG})')
     try:
         meta['config'] = json.loads(meta['config'])
     except (ValueError, RecursionError) as e:
         raise ValueError(f'{path}: its config metadata is not valid JSON ({str(e)[:200]})') from None
-    if not isinstance(meta['config'], dict):
-        raise ValueError(f'{path}: its config metadata must be a JSON object')
+    if not isinstance(meta['config'], dict) or not isinstance(meta['config'].get('model'), dict):
+        raise ValueError(f'{path}: its config metadata must be a JSON object with a "model" object')
     return meta
 
 
-def check_trusted(config: dict, path: PathLike, trust_module: bool = False) -> None:
-    """A shared checkpoint must not run code: model.type 'module' imports any callable its config names."""
-    mc = config.get('model', {})
-    target = str(mc.get('target', ''))
-    if mc.get('type') == 'module' and not trust_module and not target.startswith(('kdiff_ztsnr.', 'torch.nn:')):
-        raise ValueError(f'{path}: model.type "module" would import and call {target!r}; load it from Python with '
-                         f'load_trained(path, trust_module=True) if you trust this checkpoint')
+def declared_bytes(build: Callable[[], Optional[nn.Module]]) -> int:
+    """Bytes of the parameters and buffers a builder would allocate, found by building it on the meta device."""
+    with torch.device('meta'):
+        module = build()
+    return 0 if module is None else sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
-def load_trained(path: PathLike, ema: bool = True, device='cpu',
-                 trust_module: bool = False) -> tuple[DiscreteVDenoiser, Optional[TextConditioner], dict]:
-    """(denoiser, text conditioner or None, metadata) from a checkpoint directory or out_dir, for sampling."""
+def check_model_size(config: dict, weights: Path, text_file: Path) -> None:
+    """A checkpoint's config must not declare networks larger than the files that hold their weights."""
+    checks = [(lambda: build_model(config), weights, 'model')]
+    if config['text']['type'] == 'clip':
+        checks.append((lambda: build_text(config['text']), text_file if text_file.is_file() else None, 'text'))
+    for build, file, what in checks:
+        need = declared_bytes(build)
+        have = os.stat(file).st_size if file is not None else MAX_UNSTORED_TEXT
+        if need > have:
+            raise ValueError(f'{weights}: its config declares a {what} network of {need} bytes, larger than '
+                             f'{"its weights file " + str(file) if file else "the limit for encoders without a file"} '
+                             f'({have} bytes)')
+
+
+def custom_code_refused(config: dict, path: PathLike) -> ValueError:
+    target = printable(repr(config['model'].get('target')))
+    return ValueError(f'{path}: model.type "module" names code ({target[:120]}); code named by a checkpoint is '
+                      f'never imported. Build the network in Python and pass it: '
+                      f'load_trained(path, inner_model=network)')
+
+
+def load_trained(path: PathLike, ema: bool = True, device='cpu', inner_model: Optional[nn.Module] = None
+                 ) -> tuple[DiscreteVDenoiser, Optional[TextConditioner], dict]:
+    """(denoiser, text conditioner or None, metadata) from a checkpoint directory or out_dir, for sampling.
+    A model.type 'module' checkpoint needs its network from the caller (inner_model): nothing is imported."""
     ckpt = resolve_checkpoint(path)
     weights = ckpt / ('ema.safetensors' if ema else 'model.safetensors')
     meta = read_metadata(weights)
     config = meta['config']
-    check_trusted(config, weights, trust_module)
+    custom = config['model'].get('type') == 'module'
+    if custom and inner_model is None:
+        raise custom_code_refused(config, weights)
     try:
+        if not custom:
+            check_model_size(config, weights, ckpt / 'text.safetensors')
         text = build_text(config['text'])
-        inner = build_model(config)
-    except (KeyError, TypeError, AttributeError, IndexError) as e:   # a config not written by the trainer
-        raise ValueError(f'{weights}: its config cannot build a model ({type(e).__name__}: {e})') from None
+        inner = inner_model if custom else build_model(config)
+    except BUILD_ERRORS as e:                    # a config not written by the trainer
+        raise ValueError(f'{weights}: its config cannot build a model ({type(e).__name__}: {str(e)[:200]})') \
+            from None
     if text is not None and (ckpt / 'text.safetensors').is_file():
         load_weights(text, ckpt / 'text.safetensors')
     load_weights(inner, weights)
@@ -121,21 +160,32 @@ def load_trained(path: PathLike, ema: bool = True, device='cpu',
 
 def trained_pipeline(path: PathLike, device='cpu', name: str = 'model'):
     """A pixel-space model written by kdiff_ztsnr.training (its EMA weights and frozen text encoders)."""
-    from ..generation.pipeline import Pipeline
     ckpt = resolve_checkpoint(path)
     config = read_metadata(ckpt / 'ema.safetensors')['config']
     if config['model']['type'] == 'sdxl':               # the checkpoint's SGM single file / diffusers folder
         from .sdxl.train import sdxl_checkpoint_pipeline
         return sdxl_checkpoint_pipeline(ckpt, config, device, name)
     model, text, meta = load_trained(path, ema=True, device=device)
+    try:
+        return _trained_pipeline(model, text, meta, device, name)
+    except BUILD_ERRORS as e:
+        raise ValueError(f'{ckpt}: its metadata does not describe a sampling setup ({type(e).__name__}: '
+                         f'{str(e)[:200]})') from None
+
+
+def _trained_pipeline(model, text, meta: dict, device, name: str):
+    from ..generation.pipeline import Pipeline
     config, mc = meta['config'], meta['config']['model']
+    base_side = int(meta['base_side'])
+    if not 1 <= base_side <= 1 << 16:
+        raise ValueError(f'base_side {base_side} is not in [1, 65536]')
     if text is not None:
         text.chunk_kwargs['truncate'] = True        # generation warns and shows what an overlong prompt loses
     encode = (lambda prompts: {k: v.to(device) for k, v in text(prompts).items()}) if text is not None else \
         (lambda prompts: {})
     return Pipeline(inner_model=model.inner_model, alphas_cumprod=alphas_cumprod_for(mc.get('zero_terminal_snr', True)),
                     encode_prompts=encode, channels=mc['input_channels'], factor=1,
-                    base_side=int(meta['base_side']),
+                    base_side=base_side,
                     size_multiple=2 ** (len(mc['depths']) - 1) * mc.get('patch_size', 1),
                     max_chunks=config['text'].get('max_chunks', 3), sigma_data=mc.get('sigma_data', 1.), name=name,
                     info={'config': json.dumps(config)}, components={'model': model.inner_model, 'text': text})

@@ -15,6 +15,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help='checkpoint directory, or an out_dir (continues from its latest checkpoint)')
     parser.add_argument('--steps', type=int, default=None, help='override training.steps')
     parser.add_argument('--out-dir', type=str, default=None, help='override training.out_dir')
+    parser.add_argument('--trust-code', action='store_true',
+                        help="allow model.type 'module' in the --config file: imports and runs the code its "
+                             "model.target names (never taken from a checkpoint)")
     parser.add_argument('--overwrite', action='store_true',
                         help='start a new run in an out_dir that holds a previous one (its checkpoints are removed)')
     return parser
@@ -30,6 +33,9 @@ def train_from_args(args: argparse.Namespace):
         raise ValueError('train: give --config, --resume, or both')
     if args.resume is not None and args.overwrite:
         raise ValueError('--resume and --overwrite exclude each other')
+    if args.trust_code and args.config is None:
+        raise ValueError('--trust-code applies to the --config file you pass; a checkpoint\'s config never runs '
+                         'code (give --config FILE --trust-code with --resume)')
     if args.config is not None and not Path(args.config).is_file():
         raise FileNotFoundError(f'--config {args.config}: no such file (a JSON training config, e.g. '
                                 f'examples/train_tiny.json)')
@@ -41,7 +47,7 @@ def train_from_args(args: argparse.Namespace):
     if not config['training']['out_dir']:
         raise ValueError('training.out_dir is not set: give it in the config or pass --out-dir')
     check_out_dir(config['training']['out_dir'], args.resume, args.overwrite)     # before any dataset work
-    return Trainer(config).run(resume=args.resume, overwrite=args.overwrite)
+    return Trainer(config, trust_code=args.trust_code).run(resume=args.resume, overwrite=args.overwrite)
 
 
 def train_main(argv: Optional[list[str]] = None) -> int:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..losses import sample_timesteps, v_loss
-from ..models import build_denoiser, build_model
+from ..models import CUSTOM_CODE_HINT, build_denoiser, build_model
 from ..models.checkpoint import load_weights, read_metadata, resolve_checkpoint, save_weights
 from ..text import CachedText, build_text
 from . import runs
@@ -48,9 +48,13 @@ from .preview import SigmaBucketLoss
 class Trainer:
     """One training run: ``Trainer(config).run()``, or ``train_step()`` one optimizer step at a time."""
 
-    def __init__(self, config: Union[str, os.PathLike, dict], accelerator=None):
+    def __init__(self, config: Union[str, os.PathLike, dict], accelerator=None, trust_code: bool = False):
         import accelerate
         config = load_training_config(config)
+        if config['model']['type'] == 'module' and not trust_code:      # before any work
+            raise ValueError(f'refused model.target {str(config["model"].get("target"))[:120]!r}: '
+                             f'{CUSTOM_CODE_HINT}')
+        self.trust_code = trust_code
         tc = config['training']
         if not tc['out_dir']:
             raise ValueError('training.out_dir is not set: give it in the config or pass --out-dir')
@@ -103,7 +107,7 @@ class Trainer:
             self.tag_weights = torch.as_tensor(w, dtype=torch.float32)
 
     def _setup_model(self) -> None:
-        inner = build_model(self.config) if self.sdxl is None else self.sdxl.inner
+        inner = build_model(self.config, self.trust_code) if self.sdxl is None else self.sdxl.inner
         self.inner_ema = copy.deepcopy(inner).eval().requires_grad_(False)
         groups = self.sdxl.text_groups(self.config['optimizer']) if self.train_text else []
         opt = build_optimizer(self.config['optimizer'], inner, groups)
