@@ -22,6 +22,7 @@ import sys
 from typing import Optional
 
 from .generation.params import REGIMES, SAMPLER_NAMES, SCHEDULES, GenerationParams, check_fields, check_params
+from .untrusted import printable
 
 Formatter = argparse.ArgumentDefaultsHelpFormatter
 
@@ -93,8 +94,8 @@ def pipeline_from_args(args: argparse.Namespace, model: str):
                          ztsnr_table=None if table is None else table == 'on',
                          vae_tiling=getattr(args, 'vae_tiling', False))
     if 'detected' in pipe.info:
-        print(f'model {pipe.name}: {pipe.info["detected"]}; {pipe.info.get("dtype")} on {pipe.device} '
-              f'(VAE {pipe.info.get("vae_dtype")})', file=sys.stderr)
+        print(printable(f'model {pipe.name}: {pipe.info["detected"]}; {pipe.info.get("dtype")} on {pipe.device} '
+                        f'(VAE {pipe.info.get("vae_dtype")})'), file=sys.stderr)
     return pipe
 
 
@@ -117,9 +118,25 @@ def read_params(path: str) -> dict:
     return meta
 
 
+def image_params(args: argparse.Namespace) -> dict:
+    """--from-image's generation parameters only: the model and LoRA paths an image names are shown, never
+    opened (a PNG from a stranger must not choose what is read); the user's own --model / --lora are used."""
+    meta = read_params(args.from_image)
+    model, loras = meta.pop('model', None), meta.pop('loras', None) or []
+    source = f'--from-image {args.from_image}'
+    if model not in (None, 'embedded') and args.model is None:
+        raise ValueError(f'{source}: the image names the model {str(model)[:200]!r}, which is not opened (paths in '
+                         f'an image are never loaded); pass --model PATH to re-run it with a model you choose')
+    if loras and not args.lora:
+        print(printable(f'note: {source}: the image names LoRAs {json.dumps(loras)[:300]}, not applied (paths in an '
+                        f'image are never opened); pass --lora FILE[:WEIGHT] to apply LoRAs you choose'),
+              file=sys.stderr)
+    return meta
+
+
 def params_from_args(args: argparse.Namespace, base_side: int, base: Optional[dict] = None) -> GenerationParams:
     """Metadata of --from-image (if any), overridden by every option given on the command line."""
-    base = dict(read_params(args.from_image) if base is None and args.from_image else base or {})
+    base = dict(image_params(args) if base is None and args.from_image else base or {})
     base.setdefault('width', base_side)                          # image pixels
     base.setdefault('height', base['width'])
     given = given_params(args)
@@ -132,7 +149,7 @@ def params_from_args(args: argparse.Namespace, base_side: int, base: Optional[di
         given['strength'] = 0.5 if args.enhance else 0.7
     if not args.init_image:
         base.pop('strength', None)                               # text-to-image: strength is not used
-    p = GenerationParams.from_dict({**base, **given, 'model': args.model or base.get('model', 'embedded')})
+    p = GenerationParams.from_dict({**base, **given, 'model': args.model or 'embedded'})
     if p.prompt is None:
         raise ValueError('give a prompt (or --from-image)')
     return p
@@ -153,7 +170,7 @@ def check_sample_args(args: argparse.Namespace) -> dict:
         raise ValueError('--mask and --enhance need --init-image')
     if args.strength is not None and not args.init_image:
         raise ValueError('--strength needs --init-image (text-to-image always denoises from the start)')
-    meta = read_params(args.from_image) if args.from_image else {}
+    meta = image_params(args) if args.from_image else {}
     given_params(args)
     if args.prompt is None and meta.get('prompt') is None:
         raise ValueError('give a prompt (or --from-image)')
@@ -165,7 +182,8 @@ def check_sample_args(args: argparse.Namespace) -> dict:
             raise ValueError(f'{opt}: {e}') from None
     for opt, path in (('--init-image', args.init_image), ('--mask', args.mask)):
         if path is not None and not os.path.isfile(path):
-            raise ValueError(f'{opt} {path}: no such file')
+            raise ValueError(f'{opt} {path}: ' + ('no such file' if not os.path.lexists(path) else
+                                                  'not a regular file (a folder, FIFO or device)'))
     for spec in args.lora or ():
         from .models.sdxl.lora import parse_lora
         if not os.path.isfile(parse_lora(spec)[0]):
@@ -181,7 +199,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .generation.metadata import check_alpha_fits
     meta = check_sample_args(args)
     quiet_libraries()
-    pipe = pipeline_from_args(args, args.model or meta.get('model', 'embedded'))
+    pipe = pipeline_from_args(args, args.model or 'embedded')
     p = params_from_args(args, pipe.base_side, meta)
     if p.loras:
         from .models.sdxl.lora import apply_loras
@@ -201,7 +219,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         warnings.simplefilter('always')
         images = generate(pipe, p, init=init, mask=mask, progress=not args.quiet, limits=not args.no_size_limit)
     for w in caught:
-        print(f'warning: {w.message}', file=sys.stderr)
+        print(f'warning: {printable(w.message)}', file=sys.stderr)
     for path in save_images(images, p, args.out, args.alpha_metadata):
         print(path)
     return 0
@@ -213,15 +231,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise ValueError('give an image (its generation parameters) or --model FILE (what a model says about itself)')
     if args.model is not None:
         from .models.sdxl.loading import inspect_model
-        print(json.dumps(inspect_model(args.model), indent=2))
+        print(printable_json(inspect_model(args.model)))
         return 0
     meta = read_metadata(args.image)
-    print(json.dumps(meta, indent=2, ensure_ascii=False))
+    print(printable_json(meta))
     try:
         check_fields(meta)
     except ValueError as e:                          # shown, but a re-run would refuse it
-        print(f'warning: {e}', file=sys.stderr)
+        print(f'warning: {printable(e)}', file=sys.stderr)
     return 0
+
+
+def printable_json(value) -> str:
+    """Indented JSON (non-ASCII kept readable) with every terminal-active character escaped: still valid JSON."""
+    return '\n'.join(printable(line) for line in json.dumps(value, indent=2, ensure_ascii=False).split('\n'))
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
@@ -306,13 +329,22 @@ COMMANDS = {'sample': cmd_sample, 'inspect': cmd_inspect, 'tokenize': cmd_tokeni
             'train': cmd_train, 'export-diffusers-config': cmd_export_config}
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the command line: one escaped line (their text may quote a file's content)."""
+    print(f'warning: {printable(message)}', file=sys.stderr if file is None else file)
+
+
 def main(argv: Optional[list] = None) -> int:
+    import warnings
     args = build_parser().parse_args(argv)
+    shown, warnings.showwarning = warnings.showwarning, show_warning
     try:
         return COMMANDS[args.command](args)
     except (ValueError, OSError) as e:       # user errors (CheckpointError is a ValueError): one line
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {printable(e)}', file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == '__main__':

@@ -18,7 +18,10 @@ _NAMED = {'\n': '\\n', '\r': '\\r', '\t': '\\t'}
 def _escape(c: str) -> str:
     if c in _NAMED:
         return _NAMED[c]
-    return f'\\u{ord(c):04x}' if ord(c) <= 0xFFFF else f'\\U{ord(c):08x}'
+    if ord(c) <= 0xFFFF:
+        return f'\\u{ord(c):04x}'
+    high, low = divmod(ord(c) - 0x10000, 0x400)              # a UTF-16 surrogate pair, as JSON writes it
+    return f'\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}'
 
 
 def printable(text) -> str:

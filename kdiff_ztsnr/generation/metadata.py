@@ -213,6 +213,8 @@ def save_png(image: Image.Image, path: str, params: dict, alpha: bool = False) -
 def read_metadata(path: str) -> dict:
     """Parameters from a PNG: the JSON Comment (ours or NAI's), else A1111/Forge `parameters`, else the alpha
     channel. A1111 names come back as the package's (Euler a → euler_ancestral, Karras → karras, …)."""
+    from ..untrusted import regular_file
+    regular_file(path, 'PNG image')                        # a FIFO or device would block Image.open
     try:
         with Image.open(path) as im:
             if im.width * im.height > MAX_ALPHA_PIXELS:

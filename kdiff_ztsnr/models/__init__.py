@@ -3,8 +3,8 @@
 ``build_model(config)`` builds the network of a k-diffusion-style config's ``model`` section: ``type`` names a
 family of the closed registry MODEL_TYPES. ``type: 'module'`` (a user's own ``'pkg.mod:Factory'``) is imported
 only with ``trust_code=True``, which only a config the user passes in person may set (``train --config FILE
---trust-code``, or Python); a checkpoint, folder or image never does. ``build_denoiser(config)`` wraps it in ``DiscreteVDenoiser``; ``alphas_cumprod_for`` is the one
-place that decides a model's ᾱ table. ``models.sdxl`` holds the SDXL architecture, ``models.checkpoint`` the
+--trust-code``, or Python); a checkpoint, folder or image never does. ``build_denoiser(config)`` wraps it in
+``DiscreteVDenoiser``; ``alphas_cumprod_for`` is the one place that decides a model's ᾱ table. ``models.sdxl`` holds the SDXL architecture, ``models.checkpoint`` the
 trained-model file format.
 """
 

@@ -104,25 +104,26 @@ def read_metadata(path: Path) -> dict:
     return meta
 
 
-def declared_bytes(build: Callable[[], Optional[nn.Module]]) -> int:
-    """Bytes of the parameters and buffers a builder would allocate, found by building it on the meta device."""
+def on_meta(build: Callable[[], Optional[nn.Module]]) -> Optional[nn.Module]:
+    """What a builder would build, on the meta device: shapes without a byte allocated."""
     with torch.device('meta'):
-        module = build()
-    return 0 if module is None else sum(t.numel() * t.element_size() for t in module.state_dict().values())
+        return build()
 
 
 def check_model_size(config: dict, weights: Path, text_file: Path) -> None:
-    """A checkpoint's config must not declare networks larger than the files that hold their weights."""
-    checks = [(lambda: build_model(config), weights, 'model')]
-    if config['text']['type'] == 'clip':
-        checks.append((lambda: build_text(config['text']), text_file if text_file.is_file() else None, 'text'))
-    for build, file, what in checks:
-        need = declared_bytes(build)
-        have = os.stat(file).st_size if file is not None else MAX_UNSTORED_TEXT
-        if need > have:
-            raise ValueError(f'{weights}: its config declares a {what} network of {need} bytes, larger than '
-                             f'{"its weights file " + str(file) if file else "the limit for encoders without a file"} '
-                             f'({have} bytes)')
+    """A checkpoint's config must build exactly the networks its files declare (names and shapes, checked on
+    the meta device) before the real ones are allocated; random encoders without a file are capped."""
+    check_fits(on_meta(lambda: build_model(config)), SafetensorsReader(weights))
+    if config['text']['type'] != 'clip':
+        return
+    text = on_meta(lambda: build_text(config['text']))
+    if text_file.is_file():
+        check_fits(text, SafetensorsReader(text_file))
+        return
+    need = sum(t.numel() * t.element_size() for t in text.state_dict().values())
+    if need > MAX_UNSTORED_TEXT:
+        raise ValueError(f'{weights}: its config declares text encoders of {need} bytes without a text.safetensors '
+                         f'(at most {MAX_UNSTORED_TEXT})')
 
 
 def custom_code_refused(config: dict, path: PathLike) -> ValueError:

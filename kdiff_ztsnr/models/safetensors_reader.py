@@ -64,14 +64,19 @@ def _size_mismatch(header: dict) -> Optional[str]:
 def explain(error: Exception, path: Path, size: int) -> str:
     """One line saying why safetensors refused a file, in terms of what the file declares."""
     msg = str(error)
+    if 'unable to mmap' in msg:
+        return f'its {size} bytes cannot be mapped into memory ({msg.partition(": ")[2][:120]})'
     with open(path, 'rb') as f:
         head = f.read(8)
     declared = int.from_bytes(head, 'little') if len(head) == 8 else None
     if 'header too small' in msg or declared is None:
         return f'{size} bytes, too short to be a .safetensors file'
-    if 'header too large' in msg or declared > size - 8:
-        return (f'its first 8 bytes declare a {declared}-byte header, the file has {size} bytes (safetensors '
-                f'allows at most {MAX_HEADER}); not a .safetensors file, or a truncated one')
+    if 'header too large' in msg or declared > MAX_HEADER:
+        return (f'its first 8 bytes declare a {declared}-byte header, more than safetensors\' limit of {MAX_HEADER} '
+                f'bytes: not a .safetensors file')
+    if declared > size - 8:
+        return (f'its first 8 bytes declare a {declared}-byte header, the file has {size} bytes: truncated, or not '
+                f'a .safetensors file')
     header = _parse_header(path, size) or {}
     if 'invalid shape, data type, or offset' in msg:
         return _size_mismatch(header) or f'a tensor\'s dtype, shape and data_offsets disagree ({msg[:160]})'
@@ -99,7 +104,7 @@ class SafetensorsReader:
             with safe_open(str(self.path), 'pt') as f:
                 self.metadata = dict(f.metadata() or {})
                 self.info = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
-        except (SafetensorError, OSError) as e:
+        except (SafetensorError, OSError, RuntimeError) as e:      # RuntimeError: the memory map failed
             raise ValueError(f'{self.path}: not a valid .safetensors file: {explain(e, self.path, self.size)}') \
                 from None
         bad = [(k, dt) for k, (dt, _) in self.info.items() if dt not in DTYPE_BYTES]
@@ -132,7 +137,7 @@ class SafetensorsReader:
                             else t.to(device)
                         budget -= self.nbytes(keys[i])
                         i += 1
-        except (SafetensorError, OSError) as e:  # the file changed or failed to read since it was validated
+        except (SafetensorError, OSError, RuntimeError) as e:  # changed or unreadable since it was validated
             raise ValueError(f'{self.path}: could not read its tensors ({type(e).__name__}: {str(e)[:200]})') \
                 from None
         return out

@@ -41,6 +41,10 @@ def train_from_args(args: argparse.Namespace):
                                 f'examples/train_tiny.json)')
     config = load_training_config(args.config if args.config is not None
                                   else resolve_checkpoint(args.resume) / 'model.safetensors')
+    if config['model']['type'] == 'module' and not args.trust_code:        # before any dataset or model work
+        from ..models import CUSTOM_CODE_HINT
+        raise ValueError(f'{args.config or args.resume}: refused model.target '
+                         f'{str(config["model"].get("target"))[:120]!r}: {CUSTOM_CODE_HINT}')
     overrides = {k: v for k, v in (('steps', args.steps), ('out_dir', args.out_dir)) if v is not None}
     validate_config({'training': overrides})
     config['training'].update(overrides)

@@ -168,7 +168,7 @@ def _single_file(path: Path, dtype: torch.dtype, vae_dtype: Optional[torch.dtype
     for c in COMPONENTS:                     # every declared shape checked against the configs before any read
         empty[c] = build_component(c, configs[c], empty=True)
         check_state_dict(empty[c], _fit_keys(empty[c], convert_component(c, f.declared(SGM_PREFIXES[c]), configs,
-                                                                          te2)), c, configs[c], str(path))
+                                                                          te2, str(path))), c, configs[c], str(path))
     models = []
     for c in COMPONENTS:                     # one component in memory at a time, already in its dtype/device
         sd = convert_component(c, f.component(SGM_PREFIXES[c], dtypes[c], device), configs, te2)
