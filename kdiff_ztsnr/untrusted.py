@@ -91,3 +91,14 @@ def check_folder_files(root: Union[str, os.PathLike], depth: int = 2, limit: int
                         todo.append((Path(entry.path), level + 1))
                 elif not stat.S_ISREG(mode):
                     regular_file(entry.path)               # raises, naming the kind
+
+
+def torch_load_weights(path: Union[str, os.PathLike]):
+    """torch.load(weights_only=True) of a regular file, without torch's pickle-protocol warning (a hostile file's
+    protocol is not the user's concern: what it may hold is, and weights_only bounds that)."""
+    import warnings
+    import torch
+    path = regular_file(path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Detected pickle protocol')
+        return torch.load(path, map_location='cpu', weights_only=True)

@@ -24,7 +24,7 @@ from ...generation.pipeline import Pipeline
 from ...text import TextConditioner, get_tokenizer
 from .. import alphas_cumprod_for, check_scheduler_config
 from .config import COMPONENTS, SGM_PREFIXES, ConfigLike, PathLike, build_component, component_config
-from ...untrusted import check_folder_files, read_json_object, regular_file
+from ...untrusted import check_folder_files, read_json_object, regular_file, torch_load_weights
 from ..safetensors_reader import SafetensorsReader
 from .keys import CheckpointError, convert_component, sgm_key_fn
 from .pipeline import sdxl_pipeline
@@ -89,7 +89,7 @@ def read_checkpoint(path: PathLike) -> dict[str, Tensor]:
     if path.suffix == '.safetensors':
         return SafetensorsReader(path, 'checkpoint file').read_all()
     try:
-        sd = torch.load(path, map_location='cpu', weights_only=True)
+        sd = torch_load_weights(path)
     except Exception as e:                       # pickle.UnpicklingError, RuntimeError, EOFError, …
         raise CheckpointError(f'{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})') from None
     sd = sd.get('state_dict', sd) if isinstance(sd, dict) else sd
