@@ -322,7 +322,7 @@ def test_trainer_checkpoint_metadata_bounded(tmp_path, capsys):
     for i, (meta, phrase) in enumerate([
             ({'config': '[]'}, 'JSON object with a "model" object'),
             ({'config': '{"model": 3}'}, 'JSON object with a "model" object'),
-            ({'config': '[' * 100_000}, 'not valid JSON'),
+            ({'config': '[' * 100_000 + ']' * 100_000}, 'not valid JSON'),
             ({'config': json.dumps({'model': {'type': 'image_v1', 'input_channels': 3, 'mapping_out': 16,
                                               'depths': [2, 2], 'channels': [4096, 4096],
                                               'self_attn_depths': [False, False]}, 'text': {'type': 'none'}})},
@@ -454,3 +454,14 @@ def test_config_bounded_as_a_whole(patch, phrase, tmp_path, capsys):
     (tmp_path / 'cfg.json').write_text(json.dumps(config))
     expect_error(['train', '--config', tmp_path / 'cfg.json'], [phrase, 'more than the limit'], capsys)
     assert not (tmp_path / 'run').exists()
+
+
+def test_canvas_batch_and_steps_bounded_as_a_whole():
+    """Each of width, height, -n and --steps within its range, their product not (lifted by --no-size-limit)."""
+    from kdiff_ztsnr.generation.params import MAX_WORK, GenerationParams, check_params
+    big = GenerationParams(prompt='x', width=4096, height=4096, n_samples=4, steps=2000)
+    assert big.width * big.height * big.n_samples * big.steps > MAX_WORK
+    with pytest.raises(ValueError, match='pixel-steps'):
+        check_params(big)
+    check_params(big, limits=False)
+    check_params(GenerationParams(prompt='x', width=4096, height=4096, n_samples=4, steps=28))
