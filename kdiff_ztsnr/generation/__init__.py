@@ -6,7 +6,7 @@ Names are imported lazily, so that the command line can read `params` without im
 
 import importlib
 
-_EXPORTS = {'Pipeline': 'pipeline', 'load_pipeline': 'loading', 'generate': 'generate', 'make_sigmas': 'generate',
+_EXPORTS = {'Pipeline': '.models.bundle', 'load_pipeline': 'lookup', 'generate': 'generate', 'make_sigmas': 'generate',
             'GenerationParams': 'params', 'check_params': 'params', 'read_metadata': 'metadata',
             'save_png': 'metadata'}
 

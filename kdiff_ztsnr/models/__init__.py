@@ -2,7 +2,7 @@
 
 ``build_model(config)`` builds the network of a k-diffusion-style config's ``model`` section (``type`` ∈
 MODEL_TYPES); ``build_denoiser(config)`` wraps it in ``DiscreteVDenoiser``; ``alphas_cumprod_for`` is the one
-place that decides a model's ᾱ table. ``models.sdxl`` holds the SDXL architecture, ``models.checkpoint`` the
+place that decides a model's ᾱ table. ``models.sdxl`` holds the SDXL architecture, ``models.trained`` the
 trained-model file format.
 """
 
@@ -43,7 +43,7 @@ def _image_v1(model_config: dict) -> nn.Module:
 
 
 def _sdxl(model_config: dict) -> nn.Module:
-    from .sdxl.train import build_sdxl_inner
+    from .sdxl.parts import build_sdxl_inner
     return build_sdxl_inner(model_config)
 
 

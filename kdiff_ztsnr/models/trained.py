@@ -121,11 +121,11 @@ def load_trained(path: PathLike, ema: bool = True, device='cpu',
 
 def trained_pipeline(path: PathLike, device='cpu', name: str = 'model'):
     """A pixel-space model written by kdiff_ztsnr.training (its EMA weights and frozen text encoders)."""
-    from ..generation.pipeline import Pipeline
+    from .bundle import Pipeline
     ckpt = resolve_checkpoint(path)
     config = read_metadata(ckpt / 'ema.safetensors')['config']
     if config['model']['type'] == 'sdxl':               # the checkpoint's SGM single file / diffusers folder
-        from .sdxl.train import sdxl_checkpoint_pipeline
+        from .sdxl.parts import sdxl_checkpoint_pipeline
         return sdxl_checkpoint_pipeline(ckpt, config, device, name)
     model, text, meta = load_trained(path, ema=True, device=device)
     config, mc = meta['config'], meta['config']['model']

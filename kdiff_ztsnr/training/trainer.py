@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..losses import sample_timesteps, v_loss
 from ..models import build_denoiser, build_model
-from ..models.checkpoint import load_weights, read_metadata, resolve_checkpoint, save_weights
+from ..models.trained import load_weights, read_metadata, resolve_checkpoint, save_weights
 from ..text import CachedText, build_text
 from . import runs
 from .checkpoint import atomic_torch_save, rng_state, safe_torch_load, set_rng_state
