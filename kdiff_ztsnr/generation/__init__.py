@@ -1,5 +1,6 @@
-"""Generation: the one `Pipeline`, `load_pipeline`, `generate` (txt2img, img2img, Enhance, inpainting), parameters
-and their validation (`params`, torch-free), schedule choice (`make_sigmas`), image files and PNG metadata.
+"""Generation from the one `Pipeline` (`models.bundle`, re-exported here): `load_pipeline`, `generate` (txt2img,
+img2img, Enhance, inpainting), parameters and their validation (`params`, torch-free), schedule choice
+(`make_sigmas`), image files and PNG metadata.
 
 Names are imported lazily, so that the command line can read `params` without importing torch.
 """

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..models import alphas_cumprod_for
+from ..models.alphas import alphas_cumprod_for
 from ..models.sdxl import latent_stats_for, save_pretrained, save_single_file, sdxl_pipeline, time_ids
 from ..models.sdxl.parts import load_parts, text_options
 from ..models.sdxl.unet import SDXLUNetInner

@@ -191,7 +191,7 @@ def test_16bit_grayscale_init_is_scaled(tmp_path):
 
 def test_checkpoint_files_follow_umask(tmp_path):
     import torch
-    from kdiff_ztsnr.models.trained import save_weights
+    from kdiff_ztsnr.files import save_weights
     umask = os.umask(0o022)
     try:
         save_weights(torch.nn.Linear(2, 2), tmp_path / 'w.safetensors', {})

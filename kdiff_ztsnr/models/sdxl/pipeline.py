@@ -5,8 +5,8 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from ..bundle import Pipeline
 from ...text import TextConditioner
+from ..bundle import Pipeline
 from .components import BASE_SIDE
 from .unet import SDXLUNetInner, time_ids
 from .vae import vae_decode, vae_encode, vae_factor
