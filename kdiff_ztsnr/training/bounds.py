@@ -63,6 +63,6 @@ def check_bounds(config: dict) -> None:
         _refuse('bytes of the prompt cache (cache × max_chunks × 77 × width × 4)',
                 text['cache'] * text['max_chunks'] * 77 * width * 4, MAX_TEXT_CACHE_BYTES, 'text.cache')
     if config['model']['type'] == 'image_v1':
-        from ..models import build_model
+        from ..models.registry import build_model
         _refuse('bytes of the model', network_bytes(lambda: build_model(config)), MAX_NETWORK_BYTES,
                 'model.channels / depths')

@@ -20,12 +20,12 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ...generation.pipeline import Pipeline
+from ...files import SafetensorsReader
 from ...text import TextConditioner, get_tokenizer
-from .. import alphas_cumprod_for, check_scheduler_config
-from .config import COMPONENTS, SGM_PREFIXES, ConfigLike, PathLike, build_component, component_config
 from ...untrusted import check_folder_files, read_json_object, regular_file, torch_load_weights
-from ..safetensors_reader import SafetensorsReader
+from ..alphas import alphas_cumprod_for, check_scheduler_config
+from ..bundle import Pipeline
+from .components import COMPONENTS, SGM_PREFIXES, ConfigLike, PathLike, build_component, component_config
 from .keys import CheckpointError, convert_component, sgm_key_fn
 from .pipeline import sdxl_pipeline
 from .prediction import describe, markers, resolve_prediction

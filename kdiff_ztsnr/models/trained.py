@@ -3,48 +3,30 @@
 ``model.safetensors`` and ``ema.safetensors`` hold the inner network (metadata: ``config`` JSON, ``step``,
 ``base_side`` — the canvas side the model was trained at, for the §2.3 resolution rule), ``text.safetensors``
 the frozen random text encoders of text.type 'clip'. An out_dir's ``latest`` file names its newest checkpoint.
-Every file is written by `atomic_write`: a temporary name, flushed to disk, then renamed into place.
+Every file is written by `files.atomic_write`: a temporary name, flushed to disk, then renamed into place.
+Reading one treats it as a stranger's: its config names a family of the closed registry (a 'module' network
+comes from the caller, nothing is imported), the networks it declares are checked against its files on the
+meta device before they are built, and every malformed part is one ValueError naming the file.
 """
 
 import json
-import os
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..denoisers import DiscreteVDenoiser
+from ..files import PathLike, SafetensorsReader, check_fits, load_weights
 from ..text import TextConditioner, build_text
 from ..untrusted import printable, regular_file
-from . import alphas_cumprod_for, build_denoiser, build_model
-from .safetensors_reader import SafetensorsReader
+from .alphas import alphas_cumprod_for
+from .registry import build_denoiser, build_model
 
-PathLike = Union[str, os.PathLike]
 MAX_CONFIG = 1 << 20                 # characters of config JSON in a checkpoint's metadata
 BUILD_ERRORS = (KeyError, TypeError, AttributeError, IndexError, ValueError, RuntimeError, ZeroDivisionError,
                 OverflowError, RecursionError)
 MAX_UNSTORED_TEXT = 1 << 30          # bytes of random text encoders a checkpoint may declare without text.safetensors
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """write(tmp) to a temporary sibling, fsync it, then os.replace it onto path (never a half-written path)."""
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    write(tmp)
-    with open(tmp, 'rb+') as f:
-        os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)                   # as any file the user creates (safetensors writes 0600)
-    os.replace(tmp, path)
-
-
-def save_weights(module: nn.Module, path: Path, metadata: dict) -> None:
-    """A module's state dict as safetensors (contiguous CPU copies), string metadata, atomically."""
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()}))
 
 
 def resolve_checkpoint(path: PathLike) -> Path:
@@ -60,32 +42,6 @@ def resolve_checkpoint(path: PathLike) -> Path:
             raise ValueError(f'{path / "latest"}: must name a checkpoint folder inside {path}, got {name!r}')
         return path / name
     raise FileNotFoundError(f'{path} is neither a checkpoint directory nor an out_dir with a latest checkpoint')
-
-
-def load_safetensors(path: PathLike) -> dict:
-    """A safetensors file's tensors, read through the safetensors library; a missing, special, truncated or
-    corrupt file is one error naming it (`SafetensorsReader`)."""
-    return SafetensorsReader(path).read_all()
-
-
-def check_fits(module: nn.Module, reader: SafetensorsReader) -> None:
-    """The file's declared names and shapes against the module's, before a byte of tensor data is read."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in reader.info]
-    unexpected = [k for k in reader.info if k not in expected]
-    shapes = [f'{k} {reader.info[k][1]} (config: {tuple(v.shape)})' for k, v in expected.items()
-              if k in reader.info and reader.info[k][1] != tuple(v.shape)]
-    parts = [f'{len(xs)} {what}: {", ".join(xs[:3])}' for what, xs in
-             (('missing', missing), ('unexpected', unexpected), ('with wrong shapes', shapes)) if xs]
-    if parts:
-        raise ValueError(f'{reader.path}: weights do not fit the model of its config ({"; ".join(parts)})')
-
-
-def load_weights(module: nn.Module, path: PathLike) -> None:
-    """load_state_dict from a safetensors file, its declared shapes checked against the module first."""
-    reader = SafetensorsReader(path)
-    check_fits(module, reader)
-    module.load_state_dict(reader.read_all())
 
 
 def read_metadata(path: Path) -> dict:
@@ -164,7 +120,7 @@ def trained_pipeline(path: PathLike, device='cpu', name: str = 'model'):
     ckpt = resolve_checkpoint(path)
     config = read_metadata(ckpt / 'ema.safetensors')['config']
     if config['model']['type'] == 'sdxl':               # the checkpoint's SGM single file / diffusers folder
-        from .sdxl.train import sdxl_checkpoint_pipeline
+        from .sdxl.parts import sdxl_checkpoint_pipeline
         return sdxl_checkpoint_pipeline(ckpt, config, device, name)
     model, text, meta = load_trained(path, ema=True, device=device)
     try:
@@ -175,7 +131,7 @@ def trained_pipeline(path: PathLike, device='cpu', name: str = 'model'):
 
 
 def _trained_pipeline(model, text, meta: dict, device, name: str):
-    from ..generation.pipeline import Pipeline
+    from .bundle import Pipeline
     config, mc = meta['config'], meta['config']['model']
     base_side = int(meta['base_side'])
     if not 1 <= base_side <= 1 << 16:

@@ -24,7 +24,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def train_from_args(args: argparse.Namespace):
-    from ..models.checkpoint import resolve_checkpoint
+    from ..models.trained import resolve_checkpoint
     from .config import load_training_config
     from .runs import check_out_dir
     from .trainer import Trainer
@@ -42,7 +42,7 @@ def train_from_args(args: argparse.Namespace):
     config = load_training_config(args.config if args.config is not None
                                   else resolve_checkpoint(args.resume) / 'model.safetensors')
     if config['model']['type'] == 'module' and not args.trust_code:        # before any dataset or model work
-        from ..models import CUSTOM_CODE_HINT
+        from ..models.registry import CUSTOM_CODE_HINT
         raise ValueError(f'{args.config or args.resume}: refused model.target '
                          f'{str(config["model"].get("target"))[:120]!r}: {CUSTOM_CODE_HINT}')
     overrides = {k: v for k, v in (('steps', args.steps), ('out_dir', args.out_dir)) if v is not None}

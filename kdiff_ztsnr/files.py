@@ -1,24 +1,49 @@
-"""Reading .safetensors files from strangers through the safetensors library, bounded and explained.
+"""Files the package writes and reads: atomic writes (a temporary name, flushed to disk, then renamed into
+place) and safetensors weights, every failure naming the file.
 
-`SafetensorsReader(path)` refuses a non-regular file (FIFO, device, directory) before opening it, then lets
-`safetensors.safe_open` validate the header (at most 100 MB, JSON object of entries with a known dtype, integer
-shape, offsets that tile the data exactly and match each tensor's size, data covering the rest of the file).
-Only names, dtypes and shapes are kept; `read` fetches chosen tensors with `get_tensor`, cast to a target
-dtype/device one at a time, re-opening the file every READ_CHUNK bytes so the memory map never holds more than
-that many touched pages. Every refusal is one ValueError naming the file and what is wrong with it.
+Reading treats every file as a stranger's: `SafetensorsReader(path)` refuses a non-regular file (FIFO, device,
+directory) before opening it, then lets `safetensors.safe_open` validate the header (at most 100 MB, a JSON
+object of entries with a known dtype, integer shape, offsets that tile the data exactly and match each
+tensor's size, data covering the rest of the file). Only names, dtypes and shapes are kept, so declared shapes
+can be checked against a model (`check_fits`) before anything is read; `read` fetches chosen tensors with
+`get_tensor`, cast to a target dtype/device one at a time, re-opening the file every READ_CHUNK bytes so the
+memory map never holds more than that many touched pages. Every refusal is one ValueError naming the file.
 """
 
 import json
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
-from torch import Tensor
+from safetensors.torch import save_file
+from torch import Tensor, nn
 
-from ..untrusted import regular_file
+from .untrusted import regular_file
+
+PathLike = Union[str, os.PathLike]
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """write(tmp) to a temporary sibling, fsync it, then os.replace it onto path (never a half-written path)."""
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    write(tmp)
+    with open(tmp, 'rb+') as f:
+        os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)                   # as any file the user creates (safetensors writes 0600)
+    os.replace(tmp, path)
+
+
+def save_weights(module: nn.Module, path: Path, metadata: dict) -> None:
+    """A module's state dict as safetensors (contiguous CPU copies), string metadata, atomically."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()}))
+
 
 MAX_HEADER = 100_000_000             # safetensors' own limit on the header length
 READ_CHUNK = 256 << 20               # bytes read between re-openings of the memory map
@@ -97,7 +122,7 @@ def explain(error: Exception, path: Path, size: int) -> str:
 class SafetensorsReader:
     """A validated .safetensors file: ``metadata`` (str → str), ``info`` (name → (dtype, shape)), ``size``."""
 
-    def __init__(self, path: Union[str, os.PathLike], what: str = '.safetensors file'):
+    def __init__(self, path: PathLike, what: str = '.safetensors file'):
         self.path = regular_file(path, what)
         self.size = os.stat(self.path).st_size
         try:
@@ -144,3 +169,29 @@ class SafetensorsReader:
 
     def read_all(self) -> dict[str, Tensor]:
         return self.read(self.keys)
+
+
+def load_safetensors(path: PathLike) -> dict:
+    """A safetensors file's tensors, read through the safetensors library; a missing, special, truncated or
+    corrupt file is one error naming it (`SafetensorsReader`)."""
+    return SafetensorsReader(path).read_all()
+
+
+def check_fits(module: nn.Module, reader: SafetensorsReader) -> None:
+    """The file's declared names and shapes against the module's, before a byte of tensor data is read."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in reader.info]
+    unexpected = [k for k in reader.info if k not in expected]
+    shapes = [f'{k} {reader.info[k][1]} (config: {tuple(v.shape)})' for k, v in expected.items()
+              if k in reader.info and reader.info[k][1] != tuple(v.shape)]
+    parts = [f'{len(xs)} {what}: {", ".join(xs[:3])}' for what, xs in
+             (('missing', missing), ('unexpected', unexpected), ('with wrong shapes', shapes)) if xs]
+    if parts:
+        raise ValueError(f'{reader.path}: weights do not fit the model of its config ({"; ".join(parts)})')
+
+
+def load_weights(module: nn.Module, path: PathLike) -> None:
+    """load_state_dict from a safetensors file, its declared shapes checked against the module first."""
+    reader = SafetensorsReader(path)
+    check_fits(module, reader)
+    module.load_state_dict(reader.read_all())

@@ -20,11 +20,12 @@ from safetensors.torch import save_file
 
 from kdiff_ztsnr import cli
 from kdiff_ztsnr.generation import generate as generate_module
-from kdiff_ztsnr.models import checkpoint
+from kdiff_ztsnr.files import save_weights
+from kdiff_ztsnr.models import trained
 from kdiff_ztsnr.untrusted import printable
-from test_validation import expect_error
+from tests.cli.test_validation import expect_error
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BAD_TEXT = 'a\x1b]0;owned\x07b\x1b[31mc\nerror: forged\r\u009b2J\u202eevil\u2066x\u2069\u200b\x00\x7f\u0085'
 
 
@@ -64,7 +65,7 @@ def assert_clean(text: str, lines: int = 1):
 
 # ------------------------------------------------------------------------------------- code from files
 
-EXPLOITS = [('kdiff_ztsnr.models.checkpoint:os.system', {'command': 'touch {marker}'}),
+EXPLOITS = [('kdiff_ztsnr.files:os.system', {'command': 'touch {marker}'}),
             ('torch.nn:functional.torch.os.system', {'command': 'touch {marker}'}),
             ('os:system', {'command': 'touch {marker}'}),
             ('subprocess:run', {'args': ['touch', '{marker}']}),
@@ -98,7 +99,7 @@ def test_no_code_from_a_checkpoint(target, kwargs, tmp_path, capsys):
     expect_error(['sample', '--from-image', tmp_path / 'p.png', '--out', tmp_path / 'o'],
                  ['not opened', '--model'], capsys)
     with pytest.raises(ValueError, match='never imported'):
-        checkpoint.load_trained(ckpt)
+        trained.load_trained(ckpt)
     assert not marker.exists()
 
 
@@ -106,9 +107,9 @@ def test_custom_network_from_python(tmp_path):
     """A 'module' checkpoint is loadable by handing it the network: its weights go in, nothing is imported."""
     net = torch.nn.Conv2d(3, 3, 1)
     ckpt = exploit_checkpoint(tmp_path / 'ckpt', 'os:system', {}, tmp_path / 'M')
-    checkpoint.save_weights(net, ckpt / 'ema.safetensors', {'config': json.dumps(
+    save_weights(net, ckpt / 'ema.safetensors', {'config': json.dumps(
         {'model': {'type': 'module', 'target': 'os:system'}, 'text': {'type': 'none'}}), 'base_side': 16})
-    model, text, _ = checkpoint.load_trained(ckpt, inner_model=torch.nn.Conv2d(3, 3, 1))
+    model, text, _ = trained.load_trained(ckpt, inner_model=torch.nn.Conv2d(3, 3, 1))
     assert text is None and torch.equal(model.inner_model.weight, net.weight)
 
 
@@ -117,7 +118,7 @@ def test_no_string_imports_reachable_from_files():
     hits = subprocess.run(['grep', '-rn', r'resolve_name\|import_module\|__import__', 'kdiff_ztsnr'], cwd=ROOT,
                           capture_output=True, text=True).stdout.splitlines()
     calls = [h for h in hits if '(' in h.split(':', 2)[2] and 'def ' not in h]
-    assert [h.split(':')[0] for h in calls if 'resolve_name' in h] == ['kdiff_ztsnr/models/__init__.py']
+    assert [h.split(':')[0] for h in calls if 'resolve_name' in h] == ['kdiff_ztsnr/models/registry.py']
     assert all("f'.{" in h for h in calls if 'import_module' in h), calls   # lazy exports: names from a dict
 
 
@@ -214,7 +215,7 @@ def test_special_files_refused_before_opening(tmp_path, capsys):
 
 
 def test_special_files_inside_model_folders(tmp_path, capsys):
-    from kdiff_ztsnr.models.sdxl.config import COMPONENTS
+    from kdiff_ztsnr.models.sdxl.components import COMPONENTS
     folder = tmp_path / 'sdxl'
     for c in (*COMPONENTS, 'tokenizer', 'tokenizer_2', 'scheduler'):
         (folder / c).mkdir(parents=True)
@@ -307,7 +308,7 @@ def test_trainer_weights_and_lora_as_sdxl_model_say_what_they_are(tmp_path, caps
     ('"v_prediction"', 'got str'),
 ])
 def test_bad_scheduler_config_named(sched, phrase, tmp_path, capsys):
-    from kdiff_ztsnr.models.sdxl.config import COMPONENTS
+    from kdiff_ztsnr.models.sdxl.components import COMPONENTS
     folder = tmp_path / 'sdxl'
     for c in (*COMPONENTS, 'scheduler'):
         (folder / c).mkdir(parents=True)
@@ -344,10 +345,10 @@ def test_trainer_checkpoint_metadata_bounded(tmp_path, capsys):
 DECLARED_SIZES = textwrap.dedent('''
     import json, os, resource, struct, sys, time
     import torch
-    sys.path.insert(0, 'tests')
-    from conftest import TINY_KW
+    from tests.helpers import TINY_KW
     from kdiff_ztsnr.models import sdxl
-    from kdiff_ztsnr.models.checkpoint import load_safetensors, load_trained
+    from kdiff_ztsnr.files import load_safetensors
+    from kdiff_ztsnr.models.trained import load_trained
     from kdiff_ztsnr.models.sdxl.loading import inspect_model
     root = sys.argv[1]
     def peak():
@@ -413,8 +414,9 @@ def test_declared_sizes_checked_before_allocation(tmp_path):
 def test_sdxl_shapes_checked_against_the_config_before_reading(tmp_path, monkeypatch):
     """A real SDXL file with one tensor declared larger (consistent header): refused by its declared shape,
     no tensor data read."""
-    from conftest import TINY_KW, write_tiny_sdxl
-    from kdiff_ztsnr.models import safetensors_reader, sdxl
+    from kdiff_ztsnr import files
+    from kdiff_ztsnr.models import sdxl
+    from tests.helpers import TINY_KW, write_tiny_sdxl
     from kdiff_ztsnr.models.sdxl.keys import CheckpointError
     from safetensors.torch import load_file
     tiny = write_tiny_sdxl(tmp_path)
@@ -425,7 +427,7 @@ def test_sdxl_shapes_checked_against_the_config_before_reading(tmp_path, monkeyp
 
     def no_read(*a, **k):
         raise AssertionError('tensor data read before the shapes were checked')
-    monkeypatch.setattr(safetensors_reader.SafetensorsReader, 'read', no_read)
+    monkeypatch.setattr(files.SafetensorsReader, 'read', no_read)
     with pytest.raises(CheckpointError, match=f'wrong shapes: {key}'):
         sdxl.load_sdxl(tmp_path / 'grown.safetensors', **TINY_KW)
 
