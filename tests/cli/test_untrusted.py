@@ -318,6 +318,18 @@ def test_bad_scheduler_config_named(sched, phrase, tmp_path, capsys):
     expect_error(['inspect', '--model', folder], ['scheduler_config.json', phrase], capsys)
 
 
+def test_bad_component_config_in_a_folder_named(tmp_path, capsys):
+    from kdiff_ztsnr.models.sdxl.components import COMPONENTS
+    folder = tmp_path / 'sdxl'
+    for c in (*COMPONENTS, 'scheduler'):
+        (folder / c).mkdir(parents=True)
+    for text, phrase in (('[1]', 'got list'), ('{"a": ' * 100_000, 'not a valid unet config'),
+                         (' ' * (2 << 20), 'more than 1048576 bytes')):
+        (folder / 'unet' / 'config.json').write_text(text)
+        expect_error(['sample', 'x', '--model', folder, '--prediction', 'v', '--out', tmp_path / 'o'],
+                     ['unet/config.json', phrase], capsys)
+
+
 def test_trainer_checkpoint_metadata_bounded(tmp_path, capsys):
     """Checkpoint metadata that is not a sampling setup: named, before any network is built."""
     for i, (meta, phrase) in enumerate([

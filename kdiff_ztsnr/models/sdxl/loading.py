@@ -185,6 +185,9 @@ def _folder(path: Path, dtype: torch.dtype, vae_dtype: Optional[torch.dtype], pr
         raise FileNotFoundError(f'{path}: not a complete SDXL diffusers folder: missing '
                                 f'{", ".join(m + "/" for m in missing)}')
     check_folder_files(path)
+    for c in COMPONENTS:                     # the libraries read these; a malformed one is named here first
+        if os.path.lexists(path / c / 'config.json'):
+            read_json_object(path / c / 'config.json', f'{c} config')
     sched = read_scheduler_config(path)
     found_pred = {'v_prediction': 'v', 'epsilon': 'epsilon', None: None}.get(
         (sched or {}).get('prediction_type'), (sched or {}).get('prediction_type'))
