@@ -27,7 +27,10 @@ def cases(smoke: bool = False) -> list[dict]:
 
 def run(smoke: bool = False) -> dict:
     from kdiff_ztsnr.generation.generate import generate
-    from kdiff_ztsnr.generation.loading import load_pipeline
+    try:
+        from kdiff_ztsnr.generation.lookup import load_pipeline
+    except ImportError:                               # checkouts before the layout change
+        from kdiff_ztsnr.generation.loading import load_pipeline
     from kdiff_ztsnr.generation.params import GenerationParams
     pipe = load_pipeline('embedded')
     res = {}

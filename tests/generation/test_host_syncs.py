@@ -13,10 +13,10 @@ import torch
 
 from kdiff_ztsnr import sampling as S
 from kdiff_ztsnr.generation.generate import generate
-from kdiff_ztsnr.generation.loading import EMBEDDED, load_pipeline
+from kdiff_ztsnr.generation.lookup import EMBEDDED, load_pipeline
 from kdiff_ztsnr.generation.params import GenerationParams
 
-from syncs import SyncCounter
+from tests.syncs import SyncCounter
 
 embedded = pytest.mark.skipif(not (EMBEDDED / 'ema.safetensors').is_file(), reason='embedded model not built')
 
