@@ -9,6 +9,10 @@ Ancestral and SDE samplers take the ancestral form of the first step: x₁ = σ_
 the σ₀ → ∞ limit of their own step (σ_down = 0, σ_up = σ₁ at eta = 1). Their Brownian trees are built by
 k-diffusion from the finite part ``sigmas[1:]``, so they neither hang nor recurse.
 
+The wrappers read nothing from the device per step: the schedule is copied to the host once (every branch
+of the ∞ step is decided there) and the model's outputs are checked for NaN/inf on the device, read once
+after the loop (:class:`CheckedModel`). What k-diffusion's own loops read per step is theirs.
+
 ``sample_dpm_fast`` and ``sample_dpm_adaptive`` take (sigma_min, sigma_max) rather than a schedule; they
 refuse sigma_max = ∞ with an error: run :func:`infinite_step` first, then call them with sigma_max = σ₁.
 """
