@@ -3,9 +3,9 @@
 Used to check that a change is bit-for-bit neutral on the CPU: run once with the old checkout first on
 PYTHONPATH and once with the new one, then compare (torch.equal per case).
 
-    PYTHONPATH=/old python -m benchmarks.same_outputs --save old.pt
-    PYTHONPATH=/new python -m benchmarks.same_outputs --save new.pt
-    python -m benchmarks.same_outputs --compare old.pt new.pt
+    PYTHONPATH=/old python scripts/same_outputs.py --save old.pt
+    PYTHONPATH=/new python scripts/same_outputs.py --save new.pt
+    python scripts/same_outputs.py --compare old.pt new.pt
 """
 
 import argparse
