@@ -28,11 +28,30 @@ from .schedules import validate_sigmas
 _EXPONENTIAL_SDE = {'sample_dpmpp_2m_sde', 'sample_dpmpp_3m_sde'}
 
 
+def check_output(denoised, x: Tensor) -> None:
+    """The denoiser's output must be a tensor of x's shape and dtype (metadata only: no broadcasting)."""
+    if not torch.is_tensor(denoised) or denoised.shape != x.shape or denoised.dtype != x.dtype:
+        got = (f'{tuple(denoised.shape)} {denoised.dtype}' if torch.is_tensor(denoised)
+               else type(denoised).__name__)
+        raise ValueError(f'the denoiser must return a tensor of the shape and dtype of x '
+                         f'({tuple(x.shape)} {x.dtype}), got {got}')
+
+
+def check_state(x: Tensor) -> None:
+    """x: a non-empty floating-point batch (integer noise or an empty batch cannot be sampled)."""
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise ValueError(f'x must be a floating-point tensor, got '
+                         f'{x.dtype if torch.is_tensor(x) else type(x).__name__}')
+    if x.ndim < 1 or x.shape[0] == 0 or x.numel() == 0:
+        raise ValueError(f'x is an empty batch (shape {tuple(x.shape)}): nothing to sample')
+
+
 def checked_model(model: Callable) -> Callable:
-    """Wrap a denoiser so a non-finite output raises at once, naming the noise level, instead of spreading."""
+    """Wrap a denoiser so a wrong-shaped or non-finite output raises at once, naming the noise level."""
     @functools.wraps(model)
     def denoise(x, sigma, **kwargs):
         denoised = model(x, sigma, **kwargs)
+        check_output(denoised, x)
         if not torch.isfinite(denoised).all():
             s = sigma.flatten()[0].item() if torch.is_tensor(sigma) else sigma
             raise FloatingPointError(f'the model returned NaN or inf at sigma={s:.6g} '
@@ -58,6 +77,7 @@ def infinite_step(model: Callable, n: Tensor, sigma_1: Tensor, extra_args: Optio
     n [B, ...]: unit-variance noise (the σ = ∞ state). With sigma_up = None (or 0) this is the
     deterministic Euler step x₁ = σ₁·n + D(n; ∞) = σ₁·n − σ_data·F(n; t_max) (eq. 18).
     """
+    check_state(n)
     extra_args = {} if extra_args is None else extra_args
     sigma_1 = torch.as_tensor(sigma_1, dtype=torch.float32, device=n.device)
     sigma_up = sigma_1 * 0 if sigma_up is None else torch.as_tensor(sigma_up, device=n.device)
@@ -70,6 +90,9 @@ def infinite_step(model: Callable, n: Tensor, sigma_1: Tensor, extra_args: Optio
     x = sigma_down * n + denoised
     if sigma_up > 0:
         z = torch.randn_like(n) if noise is None else noise
+        if z.shape != n.shape or not z.is_floating_point():
+            raise ValueError(f'noise must be a floating-point tensor of the shape of x ({tuple(n.shape)}), '
+                             f'got {tuple(z.shape)} {z.dtype}')
         x = x + z * s_noise * sigma_up
     return x
 
@@ -112,6 +135,7 @@ def ztsnr(sampler: Callable, ancestral: Optional[bool] = None) -> Callable:
         bound.apply_defaults()
         a = bound.arguments
         sigmas = a['sigmas']
+        check_state(a['x'])
         validate_sigmas(sigmas)
         check_sampler_args(a)
         a['model'] = checked_model(a['model'])
@@ -139,6 +163,7 @@ def _finite_sigma_max(sampler: Callable) -> Callable:
     @functools.wraps(sampler)
     def sample(*args, **kwargs):
         bound = sig.bind(*args, **kwargs)
+        check_state(bound.arguments['x'])
         sigma_max = float(bound.arguments['sigma_max'])
         if math.isinf(sigma_max) or math.isnan(sigma_max):
             raise ValueError(f'{sampler.__name__} cannot start at sigma_max={sigma_max}: it integrates in log σ '

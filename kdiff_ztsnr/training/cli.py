@@ -23,7 +23,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def train_from_args(args: argparse.Namespace):
     from ..models.checkpoint import resolve_checkpoint
     from .config import load_training_config
-    from .runs import check_out_dir
+    from .runs import check_out_dir, check_resumable
     from .trainer import Trainer
     from .schema import validate_config
     if args.config is None and args.resume is None:
@@ -33,6 +33,8 @@ def train_from_args(args: argparse.Namespace):
     if args.config is not None and not Path(args.config).is_file():
         raise FileNotFoundError(f'--config {args.config}: no such file (a JSON training config, e.g. '
                                 f'examples/train_tiny.json)')
+    if args.resume is not None:
+        check_resumable(args.resume)
     config = load_training_config(args.config if args.config is not None
                                   else resolve_checkpoint(args.resume) / 'model.safetensors')
     overrides = {k: v for k, v in (('steps', args.steps), ('out_dir', args.out_dir)) if v is not None}
