@@ -80,7 +80,11 @@ class VPreconditioner(nn.Module):
 
     def _call(self, x_in: Tensor, sigma: Tensor, **kwargs) -> Tensor:
         x_in = x_in.to(module_dtype(self.inner_model))
-        return self.get_v(x_in, self.timestep(sigma), **kwargs)
+        v = self.get_v(x_in, self.timestep(sigma), **kwargs)
+        if not torch.is_tensor(v) or v.shape != x_in.shape:             # metadata only: no broadcasting below
+            raise ValueError(f'the network must return v of the shape of its input {tuple(x_in.shape)}, got '
+                             f'{tuple(v.shape) if torch.is_tensor(v) else type(v).__name__}')
+        return v
 
     def loss(self, input: Tensor, noise: Tensor, sigma: Tensor, **kwargs) -> Tensor:
         """Per-sample v-prediction MSE [B]; exact at σ = ∞ (network input n, target −x/σ_data)."""
