@@ -306,13 +306,31 @@ COMMANDS = {'sample': cmd_sample, 'inspect': cmd_inspect, 'tokenize': cmd_tokeni
             'train': cmd_train, 'export-diffusers-config': cmd_export_config}
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt for SIGINT (unwinds: temporary files go)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: Optional[list] = None) -> int:
     args = build_parser().parse_args(argv)
+    import signal
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return COMMANDS[args.command](args)
     except (ValueError, OSError) as e:       # user errors (CheckpointError is a ValueError): one line
         print(f'error: {e}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f'interrupted (SIGINT): {args.command} stopped', file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f'terminated (SIGTERM): {args.command} stopped', file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,7 @@
 """``kdiff-ztsnr train`` / ``python -m kdiff_ztsnr.training``: train from a config, or resume a run."""
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -48,7 +49,6 @@ def train_from_args(args: argparse.Namespace):
 
 def train_main(argv: Optional[list[str]] = None) -> int:
     """``kdiff-ztsnr train --config cfg.json [--resume DIR] [--steps N] [--out-dir DIR]``."""
-    parser = add_train_args(argparse.ArgumentParser(prog='kdiff-ztsnr train', description=DESCRIPTION))
-    train_from_args(parser.parse_args(argv))
-    return 0
+    from ..cli import main
+    return main(['train', *(sys.argv[1:] if argv is None else argv)])
 
