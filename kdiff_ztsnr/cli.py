@@ -166,12 +166,32 @@ def check_sample_args(args: argparse.Namespace) -> dict:
     for opt, path in (('--init-image', args.init_image), ('--mask', args.mask)):
         if path is not None and not os.path.isfile(path):
             raise ValueError(f'{opt} {path}: no such file')
-    for spec in args.lora or ():
-        from .models.sdxl.lora import parse_lora
-        if not os.path.isfile(parse_lora(spec)[0]):
-            raise FileNotFoundError(f'LoRA file not found: {parse_lora(spec)[0]} (--lora FILE[:WEIGHT])')
+    if args.lora:
+        check_lora_args(args.lora, args.model or meta.get('model', 'embedded'))
     prepare_out(args.out)
     return meta
+
+
+def explain_nan(pipe, e: FloatingPointError) -> str:
+    """A NaN output with the weights that hold NaN/inf named (the model's or a LoRA's), if any."""
+    from .generation.pipeline import nonfinite_weights
+    bad = nonfinite_weights(pipe)
+    if bad:
+        lora = any('lora' in b for b in bad)
+        return (f'{e}: the {"LoRA" if lora else "model"} weights hold NaN or inf, e.g. {", ".join(bad)} '
+                f'({pipe.name}{" and its --lora files" if pipe.info.get("loras") else ""})')
+    return f'{e}; every weight is finite, so the computation overflowed (try --dtype fp32 or bf16)'
+
+
+def check_lora_args(specs: list, model: str) -> None:
+    """Every --lora file validated (count, weight, format, SDXL keys, ranks, finite values) before any model loads."""
+    from .models.sdxl.lora_files import MAX_LORAS, check_spec
+    if len(specs) > MAX_LORAS:
+        raise ValueError(f'--lora given {len(specs)} times; at most {MAX_LORAS} LoRAs')
+    if model == 'embedded':
+        raise ValueError('--lora needs an SDXL-architecture model (--model FOLDER or FILE); the embedded model is not one')
+    for spec in specs:
+        check_spec(spec)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -199,7 +219,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         check_alpha_fits({**p.to_dict(), 'seed': p.seed + p.n_samples - 1, 'n_samples': 1}, p.width, p.height)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        images = generate(pipe, p, init=init, mask=mask, progress=not args.quiet, limits=not args.no_size_limit)
+        try:
+            images = generate(pipe, p, init=init, mask=mask, progress=not args.quiet, limits=not args.no_size_limit)
+        except FloatingPointError as e:
+            raise ValueError(explain_nan(pipe, e)) from None
     for w in caught:
         print(f'warning: {w.message}', file=sys.stderr)
     for path in save_images(images, p, args.out, args.alpha_metadata):
