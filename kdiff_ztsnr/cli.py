@@ -151,9 +151,14 @@ def check_sample_args(args: argparse.Namespace) -> dict:
     from .generation.images import prepare_out
     if (args.mask or args.enhance) and not args.init_image:
         raise ValueError('--mask and --enhance need --init-image')
-    if args.strength is not None and not args.init_image:
-        raise ValueError('--strength needs --init-image (text-to-image always denoises from the start)')
     meta = read_params(args.from_image) if args.from_image else {}
+    img2img = isinstance(meta.get('strength'), (int, float)) and meta['strength'] < 1
+    if args.strength is not None and not args.init_image and not (img2img and args.strength == 1):
+        raise ValueError('--strength needs --init-image (text-to-image always denoises from the start)')
+    if img2img and not args.init_image and args.strength is None:
+        raise ValueError(f'--from-image {args.from_image} was made by img2img (strength {meta["strength"]}) from an '
+                         f'init image the PNG does not hold; pass --init-image FILE to repeat it, or --strength 1 '
+                         f'to sample text-to-image with its other parameters')
     given_params(args)
     if args.prompt is None and meta.get('prompt') is None:
         raise ValueError('give a prompt (or --from-image)')
@@ -283,7 +288,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_export_config(args: argparse.Namespace) -> int:
     from .models.sdxl.export import export_diffusers_config
     ztsnr = None if args.ztsnr_table is None else args.ztsnr_table == 'on'
-    for path in export_diffusers_config(args.dir, model=args.model, config=args.model_config, zero_terminal_snr=ztsnr):
+    for path in export_diffusers_config(args.dir, model=args.model, config=args.model_config, zero_terminal_snr=ztsnr,
+                                        overwrite=args.overwrite):
         print(path)
     return 0
 
@@ -321,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--model', default=None, help='single file whose markers set the scheduler (default: v, ZTSNR)')
     p.add_argument('--config', dest='model_config', default=None, help='a diffusers folder of non-stock configs')
     p.add_argument('--ztsnr-table', choices=('on', 'off'), default=None, help='override the scheduler\'s ZTSNR')
+    p.add_argument('--overwrite', action='store_true', help='replace configs already in DIR')
     add_train_args(sub.add_parser('train', help='train from a config (see examples/)', description=DESCRIPTION))
     return parser
 

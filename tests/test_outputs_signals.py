@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdiff_ztsnr import cli
 from kdiff_ztsnr.generation import images as images_module
 from kdiff_ztsnr.generation import metadata
 from kdiff_ztsnr.generation.images import save_images
@@ -167,3 +168,33 @@ def test_train_signal_then_resume(tmp_path, sig=signal.SIGINT, rc=130):
     done = subprocess.run([sys.executable, '-m', 'kdiff_ztsnr.cli', 'train', '--resume', str(out), '--steps',
                            str(step + 1)], capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0 and f'resumed from {out / f"checkpoint-{step:08d}"}' in done.stdout, done.stderr
+
+
+def test_export_config_never_overwrites(tmp_path, capsys):
+    out = tmp_path / 'cfg'
+    (out / 'unet').mkdir(parents=True)
+    (out / 'unet' / 'config.json').write_text('{"mine": 1}')
+    (out / 'model_index.json').write_text('{"mine": 2}')
+    expect_error(['export-diffusers-config', out], ['already holds', 'unet/config.json', 'model_index.json',
+                                                    '--overwrite'], capsys)
+    assert json.loads((out / 'unet' / 'config.json').read_text()) == {'mine': 1}
+    assert sorted(p.name for p in out.iterdir()) == ['model_index.json', 'unet']      # nothing else written
+    (tmp_path / 'file').write_text('x')
+    expect_error(['export-diffusers-config', tmp_path / 'file'], 'is a file', capsys)
+    assert cli.main(['export-diffusers-config', str(out), '--overwrite']) == 0
+    assert json.loads((out / 'model_index.json').read_text())['unet'] == ['diffusers', 'UNet2DConditionModel']
+
+
+def test_img2img_png_without_init_image_is_not_silently_txt2img(tmp_path, capsys, no_model):  # noqa: F811
+    from PIL import Image
+    png = tmp_path / 'i2i.png'
+    meta = {**params(1).to_dict(), 'strength': 0.6, 'n_samples': 1}
+    with open(png, 'wb') as f:
+        metadata.save_png(Image.new('RGB', (8, 8)), f, meta)
+    expect_error(['sample', '--from-image', png, '--out', tmp_path / 'o'],
+                 ['made by img2img (strength 0.6)', '--init-image FILE', '--strength 1'], capsys)
+    expect_error(['sample', '--from-image', png, '--strength', '0.5', '--out', tmp_path / 'o'],
+                 '--strength needs --init-image', capsys)
+    # explicit text-to-image: reaches the model (stopped here by the no_model fixture)
+    with pytest.raises(AssertionError, match='model touched'):
+        cli.main(['sample', '--from-image', str(png), '--strength', '1', '--out', str(tmp_path / 'o')])
