@@ -84,7 +84,7 @@ def add_device_args(p: argparse.ArgumentParser, sdxl: bool = True) -> None:
 
 def pipeline_from_args(args: argparse.Namespace, model: str):
     """load_pipeline with the device/dtype options; prints the model's detected prediction type once."""
-    from .generation.loading import load_pipeline
+    from .generation.lookup import load_pipeline
     table = getattr(args, 'ztsnr_table', None)
     if table not in (None, 'on', 'off'):
         raise ValueError(f'--ztsnr-table {table!r}: choose from on, off')
@@ -148,7 +148,7 @@ def quiet_libraries() -> None:
 
 def check_sample_args(args: argparse.Namespace) -> dict:
     """Everything that can be checked before a model is loaded; returns the --from-image metadata."""
-    from .generation.images import prepare_out
+    from .generation.image_io import prepare_out
     if (args.mask or args.enhance) and not args.init_image:
         raise ValueError('--mask and --enhance need --init-image')
     meta = read_params(args.from_image) if args.from_image else {}
@@ -179,7 +179,7 @@ def check_sample_args(args: argparse.Namespace) -> dict:
 
 def explain_nan(pipe, e: FloatingPointError) -> str:
     """A NaN output with the weights that hold NaN/inf named (the model's or a LoRA's), if any."""
-    from .generation.pipeline import nonfinite_weights
+    from .models.bundle import nonfinite_weights
     bad = nonfinite_weights(pipe)
     if bad:
         lora = any('lora' in b for b in bad)
@@ -202,7 +202,7 @@ def check_lora_args(specs: list, model: str) -> None:
 def cmd_sample(args: argparse.Namespace) -> int:
     import warnings
     from .generation.generate import enhance_size, generate, upscale
-    from .generation.images import load_image, load_mask, save_images
+    from .generation.image_io import load_image, load_mask, save_images
     from .generation.metadata import check_alpha_fits
     meta = check_sample_args(args)
     quiet_libraries()
@@ -278,7 +278,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not 1 <= args.steps <= 10_000:
         raise ValueError(f'--steps must be an integer in [1, 10000], got {args.steps}')
     from .generation.demo import run_demo
-    from .generation.images import prepare_out
+    from .generation.image_io import prepare_out
     prepare_out(args.out)
     run_demo(out=args.out, model=args.model, samples=args.samples, steps=args.steps,
              pipe=pipeline_from_args(args, args.model))
@@ -295,13 +295,13 @@ def cmd_export_config(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training.cli import train_from_args
+    from .training.command import train_from_args
     train_from_args(args)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .training.cli import DESCRIPTION, add_train_args
+    from .training.command import DESCRIPTION, add_train_args
     parser = argparse.ArgumentParser(prog='kdiff-ztsnr', description='Exact zero-terminal-SNR sampling and '
                                      'training for v-prediction models on k-diffusion.')
     sub = parser.add_subparsers(dest='command', required=True)
@@ -336,31 +336,10 @@ COMMANDS = {'sample': cmd_sample, 'inspect': cmd_inspect, 'tokenize': cmd_tokeni
             'train': cmd_train, 'export-diffusers-config': cmd_export_config}
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread like KeyboardInterrupt for SIGINT (unwinds: temporary files go)."""
-
-
-def _terminate(signum, frame):
-    raise Terminated()
-
-
 def main(argv: Optional[list] = None) -> int:
+    from .training.command import run_command
     args = build_parser().parse_args(argv)
-    import signal
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return COMMANDS[args.command](args)
-    except (ValueError, OSError) as e:       # user errors (CheckpointError is a ValueError): one line
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f'interrupted (SIGINT): {args.command} stopped', file=sys.stderr)
-        return 130
-    except Terminated:
-        print(f'terminated (SIGTERM): {args.command} stopped', file=sys.stderr)
-        return 143
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return run_command(args.command, lambda: COMMANDS[args.command](args))
 
 
 if __name__ == '__main__':

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 
 from torch import nn
 
-from ...generation.pipeline import Pipeline
+from ..bundle import Pipeline
 from .lora_files import MAX_LORAS, check_against_model, check_lora_file, parse_lora  # noqa: F401 (parse_lora: API)
 
 LoraSpec = tuple[Union[str, os.PathLike], float]

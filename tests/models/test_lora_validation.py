@@ -20,8 +20,8 @@ from kdiff_ztsnr.models import sdxl  # noqa: E402
 from kdiff_ztsnr.models.sdxl import lora_files  # noqa: E402
 from kdiff_ztsnr.models.sdxl.lora import apply_loras  # noqa: E402
 from kdiff_ztsnr.models.sdxl.lora_files import check_spec, parse_lora  # noqa: E402
-from test_lora import P, files  # noqa: E402,F401  (fixture)
-from test_validation import expect_error, no_model  # noqa: E402,F401  (fixture)
+from tests.models.test_lora import P, files  # noqa: E402,F401  (fixture)
+from tests.cli.test_validation import expect_error, no_model  # noqa: E402,F401  (fixture)
 
 
 def edited(files, tmp_path, name, edit):

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -16,13 +15,13 @@ import pytest
 import torch
 
 from kdiff_ztsnr import cli
-from kdiff_ztsnr.generation import images as images_module
+from kdiff_ztsnr.generation import image_io as images_module
 from kdiff_ztsnr.generation import metadata
-from kdiff_ztsnr.generation.images import save_images
+from kdiff_ztsnr.generation.image_io import save_images
 from kdiff_ztsnr.generation.params import GenerationParams
-from test_validation import expect_error, no_model  # noqa: F401  (fixture)
+from tests.cli.test_validation import expect_error, no_model  # noqa: F401  (fixture)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize('make, match', [
@@ -153,7 +152,7 @@ def test_demo_signal(tmp_path):
 
 def test_train_signal_then_resume(tmp_path, sig=signal.SIGINT, rc=130):
     """SIGINT mid-run (SIGTERM takes the same path, tested on sample): the latest checkpoint is whole and resumes."""
-    from test_training import tiny_config
+    from tests.training.test_training import tiny_config
     config = tiny_config(tmp_path / 'out', steps=100_000, checkpoint_every=2, log_every=1)
     config['training']['threads'] = 1
     (tmp_path / 'cfg.json').write_text(json.dumps(config))
