@@ -10,18 +10,18 @@ import torch
 
 pytest.importorskip('peft')
 
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file, save_file
 
-from kdiff_ztsnr import cli  # noqa: E402
-from kdiff_ztsnr.generation import params as gen_params  # noqa: E402
-from kdiff_ztsnr.generation.generate import generate  # noqa: E402
-from kdiff_ztsnr.generation.params import GenerationParams  # noqa: E402
-from kdiff_ztsnr.models import sdxl  # noqa: E402
-from kdiff_ztsnr.models.sdxl import lora_files  # noqa: E402
-from kdiff_ztsnr.models.sdxl.lora import apply_loras  # noqa: E402
-from kdiff_ztsnr.models.sdxl.lora_files import check_spec, parse_lora  # noqa: E402
-from tests.models.test_lora import P, files  # noqa: E402,F401  (fixture)
-from tests.cli.test_validation import expect_error, no_model  # noqa: E402,F401  (fixture)
+from kdiff_ztsnr import cli
+from kdiff_ztsnr.generation import params as gen_params
+from kdiff_ztsnr.generation.generate import generate
+from kdiff_ztsnr.generation.params import GenerationParams
+from kdiff_ztsnr.models import sdxl
+from kdiff_ztsnr.models.sdxl import lora_files
+from kdiff_ztsnr.models.sdxl.lora import apply_loras
+from kdiff_ztsnr.models.sdxl.lora_files import check_spec, parse_lora
+from tests.cli.test_validation import expect_error, no_model  # noqa: F401  (fixture)
+from tests.models.test_lora import P, files  # noqa: F401  (fixture)
 
 
 def edited(files, tmp_path, name, edit):

@@ -13,9 +13,9 @@ from kdiff_ztsnr import cli, training
 from kdiff_ztsnr.training import runs
 from kdiff_ztsnr.training.config import load_training_config
 from kdiff_ztsnr.training.trainer import Trainer
+from tests.cli.test_validation import expect_error
 from tests.training.test_training import tiny_config
 from tests.training.test_training_validation import no_trainer, train_args  # noqa: F401  (fixture)
-from tests.cli.test_validation import expect_error
 
 pytestmark = pytest.mark.usefixtures('fresh_process_state')
 

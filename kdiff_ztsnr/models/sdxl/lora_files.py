@@ -11,7 +11,6 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Union
 
 import torch
 
@@ -54,7 +53,7 @@ def check_spec(spec: str) -> tuple[str, float]:
     return path, weight
 
 
-def check_lora_file(path: Union[str, os.PathLike]) -> dict:
+def check_lora_file(path: str | os.PathLike) -> dict:
     """A LoRA safetensors file for SDXL: keys, paired ranks, finite bounded values. Returns {module: rank}."""
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
