@@ -286,6 +286,9 @@ def check_text_layer(tc: dict) -> None:
     if tc['type'] != 'clip':
         return
     for i, enc in enumerate(tc['encoders']):
+        if enc['hidden_size'] % enc['num_attention_heads']:
+            raise ValueError(f"config key 'text.encoders[{i}].hidden_size' ({enc['hidden_size']}) must be divisible "
+                             f"by its num_attention_heads ({enc['num_attention_heads']})")
         n = enc['num_hidden_layers']
         if not -(n + 1) <= tc['layer'] <= n:
             raise ValueError(f"config key 'text.layer' ({tc['layer']}) must be in [{-(n + 1)}, {n}] for "

@@ -44,6 +44,8 @@ SDXL = {'type': 'sdxl', 'path': '/nowhere'}
     ('text', {'layer': 64}, ["'text.layer' (64)", '[-3, 2]']),
     ('text', {'layer': -64}, ["'text.layer' (-64)"]),
     ('text', {'layer': -4}, ["'text.layer' (-4)"]),
+    ('text', {'encoders': [{'hidden_size': 32, 'intermediate_size': 64, 'num_hidden_layers': 2,
+                            'num_attention_heads': 3}]}, ["'text.encoders[0].hidden_size' (32)", 'num_attention_heads (3)']),
     ('optimizer', {'betas': [1, 0.5]}, ["'optimizer.betas'", '[0, 1)']),
     ('ema_sched', {'min_value': 0.9, 'max_value': 0.5}, ["'ema_sched.min_value' (0.9)"]),
     ('training', {'preview_every': 5}, ["'training.preview_every'", "need model.type 'sdxl'", "'image_v1'"]),
