@@ -168,9 +168,14 @@ def check_sample_args(args: argparse.Namespace) -> dict:
     from .generation.image_io import prepare_out
     if (args.mask or args.enhance) and not args.init_image:
         raise ValueError('--mask and --enhance need --init-image')
-    if args.strength is not None and not args.init_image:
-        raise ValueError('--strength needs --init-image (text-to-image always denoises from the start)')
     meta = image_params(args) if args.from_image else {}
+    img2img = isinstance(meta.get('strength'), (int, float)) and meta['strength'] < 1
+    if args.strength is not None and not args.init_image and not (img2img and args.strength == 1):
+        raise ValueError('--strength needs --init-image (text-to-image always denoises from the start)')
+    if img2img and not args.init_image and args.strength is None:
+        raise ValueError(f'--from-image {args.from_image} was made by img2img (strength {meta["strength"]}) from an '
+                         f'init image the PNG does not hold; pass --init-image FILE to repeat it, or --strength 1 '
+                         f'to sample text-to-image with its other parameters')
     given_params(args)
     if args.prompt is None and meta.get('prompt') is None:
         raise ValueError('give a prompt (or --from-image)')
@@ -184,12 +189,32 @@ def check_sample_args(args: argparse.Namespace) -> dict:
         if path is not None and not os.path.isfile(path):
             raise ValueError(f'{opt} {path}: ' + ('no such file' if not os.path.lexists(path) else
                                                   'not a regular file (a folder, FIFO or device)'))
-    for spec in args.lora or ():
-        from .models.sdxl.lora import parse_lora
-        if not os.path.isfile(parse_lora(spec)[0]):
-            raise FileNotFoundError(f'LoRA file not found: {parse_lora(spec)[0]} (--lora FILE[:WEIGHT])')
+    if args.lora:
+        check_lora_args(args.lora, args.model or meta.get('model', 'embedded'))
     prepare_out(args.out)
     return meta
+
+
+def explain_nan(pipe, e: FloatingPointError) -> str:
+    """A NaN output with the weights that hold NaN/inf named (the model's or a LoRA's), if any."""
+    from .models.bundle import nonfinite_weights
+    bad = nonfinite_weights(pipe)
+    if bad:
+        lora = any('lora' in b for b in bad)
+        return (f'{e}: the {"LoRA" if lora else "model"} weights hold NaN or inf, e.g. {", ".join(bad)} '
+                f'({pipe.name}{" and its --lora files" if pipe.info.get("loras") else ""})')
+    return f'{e}; every weight is finite, so the computation overflowed (try --dtype fp32 or bf16)'
+
+
+def check_lora_args(specs: list, model: str) -> None:
+    """Every --lora file validated (count, weight, format, SDXL keys, ranks, finite values) before any model loads."""
+    from .models.sdxl.lora_files import MAX_LORAS, check_spec
+    if len(specs) > MAX_LORAS:
+        raise ValueError(f'--lora given {len(specs)} times; at most {MAX_LORAS} LoRAs')
+    if model == 'embedded':
+        raise ValueError('--lora needs an SDXL-architecture model (--model FOLDER or FILE); the embedded model is not one')
+    for spec in specs:
+        check_spec(spec)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -217,7 +242,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         check_alpha_fits({**p.to_dict(), 'seed': p.seed + p.n_samples - 1, 'n_samples': 1}, p.width, p.height)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        images = generate(pipe, p, init=init, mask=mask, progress=not args.quiet, limits=not args.no_size_limit)
+        try:
+            images = generate(pipe, p, init=init, mask=mask, progress=not args.quiet, limits=not args.no_size_limit)
+        except FloatingPointError as e:
+            raise ValueError(explain_nan(pipe, e)) from None
     for w in caught:
         print(f'warning: {printable(w.message)}', file=sys.stderr)
     for path in save_images(images, p, args.out, args.alpha_metadata):
@@ -283,7 +311,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_export_config(args: argparse.Namespace) -> int:
     from .models.sdxl.export import export_diffusers_config
     ztsnr = None if args.ztsnr_table is None else args.ztsnr_table == 'on'
-    for path in export_diffusers_config(args.dir, model=args.model, config=args.model_config, zero_terminal_snr=ztsnr):
+    for path in export_diffusers_config(args.dir, model=args.model, config=args.model_config, zero_terminal_snr=ztsnr,
+                                        overwrite=args.overwrite):
         print(path)
     return 0
 
@@ -321,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--model', default=None, help='single file whose markers set the scheduler (default: v, ZTSNR)')
     p.add_argument('--config', dest='model_config', default=None, help='a diffusers folder of non-stock configs')
     p.add_argument('--ztsnr-table', choices=('on', 'off'), default=None, help='override the scheduler\'s ZTSNR')
+    p.add_argument('--overwrite', action='store_true', help='replace configs already in DIR')
     add_train_args(sub.add_parser('train', help='train from a config (see examples/)', description=DESCRIPTION))
     return parser
 
@@ -336,13 +366,11 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 
 def main(argv: Optional[list] = None) -> int:
     import warnings
+    from .training.command import run_command
     args = build_parser().parse_args(argv)
     shown, warnings.showwarning = warnings.showwarning, show_warning
     try:
-        return COMMANDS[args.command](args)
-    except (ValueError, OSError) as e:       # user errors (CheckpointError is a ValueError): one line
-        print(f'error: {printable(e)}', file=sys.stderr)
-        return 2
+        return run_command(args.command, lambda: COMMANDS[args.command](args))
     finally:
         warnings.showwarning = shown
 

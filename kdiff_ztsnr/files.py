@@ -30,13 +30,17 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """write(tmp) to a temporary sibling, fsync it, then os.replace it onto path (never a half-written path)."""
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    write(tmp)
-    with open(tmp, 'rb+') as f:
-        os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)                   # as any file the user creates (safetensors writes 0600)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)               # as any file the user creates (safetensors writes 0600)
+        os.replace(tmp, path)
+    finally:                                        # a full disk or a signal leaves no partial temporary
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
 def save_weights(module: nn.Module, path: Path, metadata: dict) -> None:

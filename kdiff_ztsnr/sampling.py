@@ -36,6 +36,24 @@ _EXPONENTIAL_SDE = {'sample_dpmpp_2m_sde', 'sample_dpmpp_3m_sde'}
 _HOST_SCHEDULE = {'sample_dpmpp_2m', 'sample_dpmpp_2m_sde', 'sample_dpmpp_3m_sde'}
 
 
+def check_output(denoised, x: Tensor) -> None:
+    """The denoiser's output must be a tensor of x's shape and dtype (metadata only: no broadcasting)."""
+    if not torch.is_tensor(denoised) or denoised.shape != x.shape or denoised.dtype != x.dtype:
+        got = (f'{tuple(denoised.shape)} {denoised.dtype}' if torch.is_tensor(denoised)
+               else type(denoised).__name__)
+        raise ValueError(f'the denoiser must return a tensor of the shape and dtype of x '
+                         f'({tuple(x.shape)} {x.dtype}), got {got}')
+
+
+def check_state(x: Tensor) -> None:
+    """x: a non-empty floating-point batch (integer noise or an empty batch cannot be sampled)."""
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise ValueError(f'x must be a floating-point tensor, got '
+                         f'{x.dtype if torch.is_tensor(x) else type(x).__name__}')
+    if x.ndim < 1 or x.shape[0] == 0 or x.numel() == 0:
+        raise ValueError(f'x is an empty batch (shape {tuple(x.shape)}): nothing to sample')
+
+
 class CheckedModel:
     """A denoiser whose non-finite outputs are caught without a host read per call.
 
@@ -51,6 +69,7 @@ class CheckedModel:
 
     def __call__(self, x: Tensor, sigma: Tensor, **kwargs) -> Tensor:
         denoised = self.model(x, sigma, **kwargs)
+        check_output(denoised, x)
         n_bad = denoised.isfinite().logical_not().sum()
         s = torch.as_tensor(sigma, device=n_bad.device).flatten()[0]
         if self.n_bad is None:
@@ -91,6 +110,7 @@ def infinite_step(model: Callable, n: Tensor, sigma_1: Tensor, extra_args: Optio
     n [B, ...]: unit-variance noise (the σ = ∞ state). With sigma_up = None (or 0) this is the
     deterministic Euler step x₁ = σ₁·n + D(n; ∞) = σ₁·n − σ_data·F(n; t_max) (eq. 18).
     """
+    check_state(n)
     if sigma_up is not None and not sigma_up > 0:
         sigma_up = None
     checked = model if isinstance(model, CheckedModel) else CheckedModel(model)
@@ -115,6 +135,9 @@ def _infinite_step(model: Callable, n: Tensor, sigma_1: Tensor, extra_args: dict
     x = sigma_down * n + denoised
     if noisy:
         z = torch.randn_like(n) if noise is None else noise
+        if z.shape != n.shape or not z.is_floating_point():
+            raise ValueError(f'noise must be a floating-point tensor of the shape of x ({tuple(n.shape)}), '
+                             f'got {tuple(z.shape)} {z.dtype}')
         x = x + z * s_noise * sigma_up
     return x
 
@@ -157,6 +180,7 @@ def ztsnr(sampler: Callable, ancestral: Optional[bool] = None) -> Callable:
         bound = sig.bind(*args, **kwargs)
         bound.apply_defaults()
         a = bound.arguments
+        check_state(a['x'])
         host = a['sigmas'].detach().cpu()               # the schedule on the host: one read, before the loop
         validate_sigmas(host)
         check_sampler_args(a)
@@ -197,6 +221,7 @@ def _finite_sigma_max(sampler: Callable) -> Callable:
     @functools.wraps(sampler)
     def sample(*args, **kwargs):
         bound = sig.bind(*args, **kwargs)
+        check_state(bound.arguments['x'])
         sigma_max = float(bound.arguments['sigma_max'])
         if math.isinf(sigma_max) or math.isnan(sigma_max):
             raise ValueError(f'{sampler.__name__} cannot start at sigma_max={sigma_max}: it integrates in log σ '

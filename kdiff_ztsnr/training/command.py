@@ -1,8 +1,12 @@
 """``kdiff-ztsnr train`` / ``python -m kdiff_ztsnr.training``: train from a config, or resume a run."""
 
 import argparse
+import signal
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
+
+from ..untrusted import printable
 
 
 DESCRIPTION = 'Train a v-prediction ZTSNR model from a config (see examples/train_tiny.md).'
@@ -26,7 +30,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def train_from_args(args: argparse.Namespace):
     from ..models.trained import resolve_checkpoint
     from .config import load_training_config
-    from .runs import check_out_dir
+    from .runs import check_out_dir, check_resumable
     from .trainer import Trainer
     from .schema import validate_config
     if args.config is None and args.resume is None:
@@ -39,6 +43,8 @@ def train_from_args(args: argparse.Namespace):
     if args.config is not None and not Path(args.config).is_file():
         raise FileNotFoundError(f'--config {args.config}: no such file (a JSON training config, e.g. '
                                 f'examples/train_tiny.json)')
+    if args.resume is not None:
+        check_resumable(args.resume)
     config = load_training_config(args.config if args.config is not None
                                   else resolve_checkpoint(args.resume) / 'model.safetensors')
     if config['model']['type'] == 'module' and not args.trust_code:        # before any dataset or model work
@@ -54,9 +60,39 @@ def train_from_args(args: argparse.Namespace):
     return Trainer(config, trust_code=args.trust_code).run(resume=args.resume, overwrite=args.overwrite)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt for SIGINT (unwinds: temporary files go)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def run_command(name: str, command: Callable[[], int]) -> int:
+    """Run a command as the CLI does: a user error (ValueError, OSError) is one ``error:`` line and exit 2;
+    SIGINT / SIGTERM one line and exit 130 / 143, no traceback."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return command()
+    except (ValueError, OSError) as e:       # user errors (CheckpointError is a ValueError): one line
+        print(f'error: {printable(e)}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f'interrupted (SIGINT): {name} stopped', file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f'terminated (SIGTERM): {name} stopped', file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def train_main(argv: Optional[list[str]] = None) -> int:
     """``kdiff-ztsnr train --config cfg.json [--resume DIR] [--steps N] [--out-dir DIR]``."""
     parser = add_train_args(argparse.ArgumentParser(prog='kdiff-ztsnr train', description=DESCRIPTION))
-    train_from_args(parser.parse_args(argv))
-    return 0
+    args = parser.parse_args(argv)
 
+    def train() -> int:
+        train_from_args(args)
+        return 0
+    return run_command('train', train)

@@ -20,6 +20,7 @@ names the newest. ``runs`` holds the out_dir rules (no run over a previous one, 
 
 import copy
 import json
+import math
 import os
 import random
 import shutil
@@ -264,6 +265,18 @@ class Trainer:
         if self.step % self.config['training']['log_every'] == 0 or self.step == 1:
             tqdm.write(f"step {self.step}, loss {row['loss']:.5f}, lr {row['lr']:.3g}, ema {row['ema_decay']:.4f}")
 
+    def check_loss(self, loss: float) -> None:
+        """Stop at a non-finite loss (every rank sees the reduced value): nothing is saved, the last good
+        checkpoint stays the out_dir's latest."""
+        if math.isfinite(loss):
+            return
+        found = runs.checkpoints(self.out_dir)
+        kept = (f'the last good checkpoint {found[max(found)]} is kept (--resume {self.out_dir} continues from it)'
+                if found else 'no checkpoint was written before it')
+        raise runs.NonFiniteLoss(f'training stopped at step {self.step}: the loss is {loss} (not finite); nothing '
+                                 f'was saved for this step and {kept}; lower optimizer.lr, set training.grad_clip, '
+                                 f'or check model.sigma_data and the data')
+
     def run(self, resume: Optional[Union[str, os.PathLike]] = None, overwrite: bool = False) -> 'Trainer':
         """Train to training.steps, checkpointing every checkpoint_every steps and at the end.
 
@@ -287,7 +300,9 @@ class Trainer:
         bar = tqdm(total=tc['steps'], initial=self.step, disable=None if self.accelerator.is_main_process else True,
                    leave=False, unit='step')
         while self.step < tc['steps']:
-            self.log(self.train_step(), t0)
+            metrics = self.train_step()
+            self.check_loss(metrics['loss'])
+            self.log(metrics, t0)
             bar.update(1)
             if tc.get('preview_every') and self.step % tc['preview_every'] == 0:
                 self.preview()
