@@ -35,10 +35,11 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--steps', type=int, default=None, help=f'model calls (default: {d.steps})')
     p.add_argument('--scale', type=float, default=None, help=f'CFG scale (default: {d.scale})')
     p.add_argument('--cfg-rescale', type=float, default=None, help='CFG rescale φ in [0, 1] (default: 0)')
-    p.add_argument('--sampler', choices=SAMPLER_NAMES, default=None, help=f'(default: {d.sampler})')
-    p.add_argument('--schedule', dest='noise_schedule', choices=SCHEDULES, default=None,
-                   help=f'noise schedule; recommended = the package default, see benchmarks/README.md '
-                        f'(default: {d.noise_schedule})')
+    p.add_argument('--sampler', default=None, help=f'{", ".join(SAMPLER_NAMES)}, or an A1111 name ("Euler a", '
+                                                   f'"DPM++ 2M", "DPM++ 2M Karras") (default: {d.sampler})')
+    p.add_argument('--schedule', dest='noise_schedule', default=None,
+                   help=f'noise schedule: {", ".join(SCHEDULES)}, or an A1111 name (Uniform, Karras, …); '
+                        f'recommended = the package default, see benchmarks/README.md (default: {d.noise_schedule})')
     p.add_argument('--ztsnr', choices=REGIMES, default=None, help='exact: from σ=∞; clamp: from 20000 (report A.2); '
                                                                  f'sigma_max: from --sigma-max (default: {d.ztsnr})')
     p.add_argument('--sigma-max', type=float, default=None, help='finite start σ (implies --ztsnr sigma_max)')
@@ -57,6 +58,8 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--lora', action='append', default=None, metavar='FILE[:WEIGHT]',
                    help='apply a LoRA (kohya/A1111 or diffusers keys) to an SDXL model; repeatable (weight 1)')
     p.add_argument('--from-image', default=None, help="take every parameter from this PNG's metadata")
+    p.add_argument('--lora-dir', default=None, help='resolve <lora:NAME:W> tags of an A1111 PNG to NAME.safetensors '
+                                                    'in this folder')
     p.add_argument('--out', default='out', help='output folder (default: out)')
     p.add_argument('--alpha-metadata', action='store_true', help='also embed the parameters in the alpha channel')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
@@ -105,21 +108,56 @@ GIVEN = ('prompt', 'uc', 'steps', 'scale', 'sampler', 'noise_schedule', 'ztsnr',
 def given_params(args: argparse.Namespace) -> dict:
     """The parameters given on the command line, each checked against params.FIELDS."""
     given = {k: getattr(args, k) for k in GIVEN if getattr(args, k) is not None}
+    resolve_names(given)
     check_fields(given)
     return given
 
 
-def read_params(path: str) -> dict:
-    """--from-image metadata, checked like command-line values (types, ranges, choices)."""
+def resolve_names(given: dict) -> None:
+    """--sampler / --schedule in the package's or A1111's spelling ("Euler a", dpmpp_2m_karras, "DPM++ 2M Karras",
+    Karras) → the package's names; an unknown name is refused with the nearest valid one."""
+    from .generation.names import resolve_sampler, resolve_schedule
+    try:
+        if 'noise_schedule' in given:
+            given['noise_schedule'] = resolve_schedule(given['noise_schedule'])
+    except ValueError as e:
+        raise ValueError(f'--schedule: {e}') from None
+    if 'sampler' not in given:
+        return
+    named = given['sampler']
+    try:
+        given['sampler'], schedule = resolve_sampler(named)
+    except ValueError as e:
+        raise ValueError(f'--sampler: {e}') from None
+    if schedule and given.setdefault('noise_schedule', schedule) != schedule:
+        raise ValueError(f"--sampler {named!r} names the schedule {schedule}, --schedule says "
+                         f"{given['noise_schedule']}: give one")
+
+
+def read_png(path: str, lora_dir: Optional[str] = None) -> dict:
+    """A PNG's parameters; what reading changed (Hires fix, LoRA tags) is printed as `warning: …` lines."""
+    import warnings
     from .generation.metadata import read_metadata
-    meta = read_metadata(path)
+    if lora_dir is not None and not os.path.isdir(lora_dir):
+        raise ValueError(f'--lora-dir {lora_dir}: no such folder')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        meta = read_metadata(path, lora_dir=lora_dir)
+    for w in caught:
+        print(f'warning: {w.message}', file=sys.stderr)
+    return meta
+
+
+def read_params(path: str, lora_dir: Optional[str] = None) -> dict:
+    """--from-image metadata, checked like command-line values (types, ranges, choices)."""
+    meta = read_png(path, lora_dir)
     check_fields(meta, where=f'--from-image {path}: ')
     return meta
 
 
 def params_from_args(args: argparse.Namespace, base_side: int, base: Optional[dict] = None) -> GenerationParams:
     """Metadata of --from-image (if any), overridden by every option given on the command line."""
-    base = dict(read_params(args.from_image) if base is None and args.from_image else base or {})
+    base = dict(read_params(args.from_image, args.lora_dir) if base is None and args.from_image else base or {})
     base.setdefault('width', base_side)                          # image pixels
     base.setdefault('height', base['width'])
     given = given_params(args)
@@ -153,7 +191,7 @@ def check_sample_args(args: argparse.Namespace) -> dict:
         raise ValueError('--mask and --enhance need --init-image')
     if args.strength is not None and not args.init_image:
         raise ValueError('--strength needs --init-image (text-to-image always denoises from the start)')
-    meta = read_params(args.from_image) if args.from_image else {}
+    meta = read_params(args.from_image, args.lora_dir) if args.from_image else {}
     given_params(args)
     if args.prompt is None and meta.get('prompt') is None:
         raise ValueError('give a prompt (or --from-image)')
@@ -208,14 +246,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .generation.metadata import read_metadata
     if (args.image is None) == (args.model is None):
         raise ValueError('give an image (its generation parameters) or --model FILE (what a model says about itself)')
     if args.model is not None:
         from .models.sdxl.loading import inspect_model
         print(json.dumps(inspect_model(args.model), indent=2))
         return 0
-    meta = read_metadata(args.image)
+    meta = read_png(args.image, args.lora_dir)
     print(json.dumps(meta, indent=2, ensure_ascii=False))
     try:
         check_fields(meta)
@@ -281,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        'model file says about itself')
     p.add_argument('image', nargs='?', default=None)
     p.add_argument('--model', default=None, help='an SDXL single file or diffusers folder: markers, key counts')
+    p.add_argument('--lora-dir', default=None, help='resolve <lora:NAME:W> tags of an A1111 PNG in this folder')
     p = sub.add_parser('tokenize', help='show the CLIP tokens and 75-token chunk boundaries of a prompt',
                        formatter_class=Formatter)
     p.add_argument('prompt')
