@@ -188,7 +188,9 @@ def parse_a1111(text: str, lora_dir: Optional[str] = None) -> dict:
     for label, value in pairs:
         value = json.loads(value) if value[:1] == '"' and value[-1:] == '"' else value
         size = _SIZE.match(value)
-        if label == 'Size' and size:
+        if label == 'Size':
+            if not size:
+                raise ValueError(f'Size: {value[:40]!r} is not WIDTHxHEIGHT')
             out['width'], out['height'] = int(size.group(1)), int(size.group(2))
         elif size and label.startswith('Hires '):
             out.setdefault('hires', {})[label] = value
