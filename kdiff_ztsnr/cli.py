@@ -36,10 +36,11 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--steps', type=int, default=None, help=f'model calls (default: {d.steps})')
     p.add_argument('--scale', type=float, default=None, help=f'CFG scale (default: {d.scale})')
     p.add_argument('--cfg-rescale', type=float, default=None, help='CFG rescale φ in [0, 1] (default: 0)')
-    p.add_argument('--sampler', choices=SAMPLER_NAMES, default=None, help=f'(default: {d.sampler})')
-    p.add_argument('--schedule', dest='noise_schedule', choices=SCHEDULES, default=None,
-                   help=f'noise schedule; recommended = the package default, see benchmarks/README.md '
-                        f'(default: {d.noise_schedule})')
+    p.add_argument('--sampler', default=None, help=f'{", ".join(SAMPLER_NAMES)}, or an A1111 name ("Euler a", '
+                                                   f'"DPM++ 2M", "DPM++ 2M Karras") (default: {d.sampler})')
+    p.add_argument('--schedule', dest='noise_schedule', default=None,
+                   help=f'noise schedule: {", ".join(SCHEDULES)}, or an A1111 name (Uniform, Karras, …); '
+                        f'recommended = the package default, see benchmarks/README.md (default: {d.noise_schedule})')
     p.add_argument('--ztsnr', choices=REGIMES, default=None, help='exact: from σ=∞; clamp: from 20000 (report A.2); '
                                                                  f'sigma_max: from --sigma-max (default: {d.ztsnr})')
     p.add_argument('--sigma-max', type=float, default=None, help='finite start σ (implies --ztsnr sigma_max)')
@@ -58,6 +59,8 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--lora', action='append', default=None, metavar='FILE[:WEIGHT]',
                    help='apply a LoRA (kohya/A1111 or diffusers keys) to an SDXL model; repeatable (weight 1)')
     p.add_argument('--from-image', default=None, help="take every parameter from this PNG's metadata")
+    p.add_argument('--lora-dir', default=None, help='resolve <lora:NAME:W> tags of an A1111 PNG to NAME.safetensors '
+                                                    'in this folder')
     p.add_argument('--out', default='out', help='output folder (default: out)')
     p.add_argument('--alpha-metadata', action='store_true', help='also embed the parameters in the alpha channel')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
@@ -106,23 +109,65 @@ GIVEN = ('prompt', 'uc', 'steps', 'scale', 'sampler', 'noise_schedule', 'ztsnr',
 def given_params(args: argparse.Namespace) -> dict:
     """The parameters given on the command line, each checked against params.FIELDS."""
     given = {k: getattr(args, k) for k in GIVEN if getattr(args, k) is not None}
+    resolve_names(given)
     check_fields(given)
     return given
 
 
-def read_params(path: str) -> dict:
-    """--from-image metadata, checked like command-line values (types, ranges, choices)."""
+def resolve_names(given: dict) -> None:
+    """--sampler / --schedule in the package's or A1111's spelling ("Euler a", dpmpp_2m_karras, "DPM++ 2M Karras",
+    Karras) → the package's names; an unknown name is refused with the nearest valid one."""
+    from .generation.names import resolve_sampler, resolve_schedule
+    try:
+        if 'noise_schedule' in given:
+            given['noise_schedule'] = resolve_schedule(given['noise_schedule'])
+    except ValueError as e:
+        raise ValueError(f'--schedule: {e}') from None
+    if 'sampler' not in given:
+        return
+    named = given['sampler']
+    try:
+        given['sampler'], schedule = resolve_sampler(named)
+    except ValueError as e:
+        raise ValueError(f'--sampler: {e}') from None
+    if schedule and given.setdefault('noise_schedule', schedule) != schedule:
+        raise ValueError(f"--sampler {named!r} names the schedule {schedule}, --schedule says "
+                         f"{given['noise_schedule']}: give one")
+
+
+def read_png(path: str, lora_dir: Optional[str] = None) -> dict:
+    """A PNG's parameters; what reading changed (Hires fix, LoRA tags) is printed as `warning: …` lines."""
+    import warnings
     from .generation.metadata import read_metadata
-    meta = read_metadata(path)
+    if lora_dir is not None and not os.path.isdir(lora_dir):
+        raise ValueError(f'--lora-dir {lora_dir}: no such folder')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        meta = read_metadata(path, lora_dir=lora_dir)
+    for w in caught:
+        print(f'warning: {printable(w.message)}', file=sys.stderr)
+    return meta
+
+
+def read_params(path: str, lora_dir: Optional[str] = None) -> dict:
+    """--from-image metadata, checked like command-line values (types, ranges, choices)."""
+    meta = read_png(path, lora_dir)
     check_fields(meta, where=f'--from-image {path}: ')
     return meta
+
+
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) == os.path.realpath(folder)
 
 
 def image_params(args: argparse.Namespace) -> dict:
     """--from-image's generation parameters only: the model and LoRA paths an image names are shown, never
     opened (a PNG from a stranger must not choose what is read); the user's own --model / --lora are used."""
-    meta = read_params(args.from_image)
+    meta = read_params(args.from_image, args.lora_dir)
     model, loras = meta.pop('model', None), meta.pop('loras', None) or []
+    if args.lora_dir is not None:                # LoRA tags resolved inside the user's own --lora-dir are kept
+        inside = [pair for pair in loras if _inside(pair[0], args.lora_dir)]
+        meta['loras'], loras = inside, [pair for pair in loras if pair not in inside]
     source = f'--from-image {args.from_image}'
     if model not in (None, 'embedded') and args.model is None:
         raise ValueError(f'{source}: the image names the model {str(model)[:200]!r}, which is not opened (paths in '
@@ -189,8 +234,9 @@ def check_sample_args(args: argparse.Namespace) -> dict:
         if path is not None and not os.path.isfile(path):
             raise ValueError(f'{opt} {path}: ' + ('no such file' if not os.path.lexists(path) else
                                                   'not a regular file (a folder, FIFO or device)'))
-    if args.lora:
-        check_lora_args(args.lora, args.model or meta.get('model', 'embedded'))
+    specs = args.lora or [f'{path}:{weight}' for path, weight in meta.get('loras') or ()]
+    if specs:
+        check_lora_args(specs, args.model or 'embedded')
     prepare_out(args.out)
     return meta
 
@@ -254,14 +300,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .generation.metadata import read_metadata
     if (args.image is None) == (args.model is None):
         raise ValueError('give an image (its generation parameters) or --model FILE (what a model says about itself)')
     if args.model is not None:
         from .models.sdxl.loading import inspect_model
         print(printable_json(inspect_model(args.model)))
         return 0
-    meta = read_metadata(args.image)
+    meta = read_png(args.image, args.lora_dir)
     print(printable_json(meta))
     try:
         check_fields(meta)
@@ -333,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        'model file says about itself')
     p.add_argument('image', nargs='?', default=None)
     p.add_argument('--model', default=None, help='an SDXL single file or diffusers folder: markers, key counts')
+    p.add_argument('--lora-dir', default=None, help='resolve <lora:NAME:W> tags of an A1111 PNG in this folder')
     p = sub.add_parser('tokenize', help='show the CLIP tokens and 75-token chunk boundaries of a prompt',
                        formatter_class=Formatter)
     p.add_argument('prompt')

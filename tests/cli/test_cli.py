@@ -141,8 +141,7 @@ def expect_error(args, match, capsys):
 def test_errors(ckpt, tmp_path, capsys):
     base = ['sample', 'x', '--model', str(ckpt), '--steps', '2', '--out', str(tmp_path), '--quiet']
     expect_error(base + ['--width', '15', '--height', '16'], 'multiples of', capsys)
-    with pytest.raises(SystemExit):                                   # argparse's own choices check
-        cli.main(base + ['--sampler', 'nope'])
+    expect_error(base + ['--sampler', 'nope'], "--sampler: unknown sampler 'nope'", capsys)   # one error line
     expect_error(['sample', 'x', '--model', tmp_path / 'missing'], 'model not found', capsys)
     bad = tmp_path / 'bad.png'
     bad.write_bytes(b'not a png')
