@@ -35,7 +35,7 @@ A1111_SAMPLERS = {'euler': 'Euler', 'euler_ancestral': 'Euler a', 'heun': 'Heun'
 A1111_SCHEDULES = {'native': 'Uniform', 'karras': 'Karras', 'exponential': 'Exponential',
                    'polyexponential': 'Polyexponential', 'kl_optimal': 'KL Optimal', 'normal': 'Normal',
                    'simple': 'Simple', 'sgm_uniform': 'SGM Uniform', 'beta': 'Beta', 'trailing': 'Trailing',
-                   'recommended': 'Karras'}   # recommended: Karras from ∞ (schedule_policy), ρ and top per sampler
+                   'recommended': 'Uniform'}  # recommended: the native ramp from ∞ (schedule_policy; its σ₁ scaled on larger canvases)
 ZTSNR_NOISE_SCHEDULE = 'Zero Terminal SNR'        # Forge/A1111's "Noise Schedule" value for ZTSNR sampling
 _MODEL_HASHES: dict = {}
 
