@@ -187,6 +187,29 @@ def tables(rows: list, data: dict) -> str:
 HELD_OUT = ('photos',)
 
 
+def summary(rows: list) -> str:
+    """Per witness: black / white at CFG 5 per sampler × steps for each schedule ('recommended' rows stand for
+    themselves; where none were run because recommended builds the same sigmas as native, native's are shown)."""
+    out = []
+    for wname in dict.fromkeys(r['witness'] for r in rows):
+        sel = [r for r in rows if r['witness'] == wname]
+        steps = sorted({r['steps'] for r in sel})
+        names = list(dict.fromkeys(r['schedule'] for r in sel))
+        cell = {(r['sampler'], r['steps'], r['schedule']): r for r in sel}
+        table = []
+        for sm in dict.fromkeys(r['sampler'] for r in sel):
+            for name in names:
+                vals = [cell.get((sm, n, name)) for n in steps]
+                table.append([sm, name] + ['' if r is None else
+                                           f'{r["black"]:.3f} / {r["white"]:.3f}' + ('' if r['black'] < 0.05 and
+                                                                                   r['white'] > 0.95 else ' ✗')
+                                           for r in vals])
+        held = ' — HELD OUT (reported, never used for choosing)' if wname in HELD_OUT else ''
+        out.append(f'### `{wname}`{held}: "completely black" / "completely white" at CFG 5 (✗: misses < 0.05 / '
+                   f'> 0.95)\n\n' + md_table(['sampler', 'schedule'] + [f'{n} steps' for n in steps], table))
+    return '\n\n'.join(out)
+
+
 def plot(rows: list, path) -> None:
     plt = common.pyplot()
     ws = list(dict.fromkeys(r['witness'] for r in rows))
@@ -256,7 +279,7 @@ def main(argv=None) -> dict:
             r, data[w] = run_witness(w, a, specs, print)
             rows += r
     paired_spread(rows)
-    text = tables(rows, data)
+    text = summary(rows) + '\n\n' + tables(rows, data)
     print(text)
     plot(rows, out / f'{a.name}.png')
     payload = {'args': {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}, 'rows': rows,
