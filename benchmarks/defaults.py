@@ -198,8 +198,17 @@ def summary(rows: list) -> str:
         cell = {(r['sampler'], r['steps'], r['schedule']): r for r in sel}
         table = []
         for sm in dict.fromkeys(r['sampler'] for r in sel):
+            alias = {n: {'native': 'native', 'karras': 'karras ρ=7'}.get(schedule_policy.recommended(sm, n).family)
+                     for n in steps}
+            if 'recommended' not in names:
+                table.append([sm, '**recommended** (its schedule)'] + [
+                    '' if (sm, n, alias[n]) not in cell else
+                    f'{cell[sm, n, alias[n]]["black"]:.3f} / {cell[sm, n, alias[n]]["white"]:.3f} (= {alias[n]})'
+                    for n in steps])
             for name in names:
                 vals = [cell.get((sm, n, name)) for n in steps]
+                if not any(vals):
+                    continue
                 table.append([sm, name] + ['' if r is None else
                                            f'{r["black"]:.3f} / {r["white"]:.3f}' + ('' if r['black'] < 0.05 and
                                                                                    r['white'] > 0.95 else ' ✗')
@@ -270,7 +279,17 @@ def main(argv=None) -> dict:
         payload = {} if a.tables_from.endswith('.jsonl') else json.loads(open(a.tables_from).read())
         if a.tables_from.endswith('.jsonl'):
             rows = [json.loads(line) for f in a.tables_from.split(',') for line in open(f)]
-            data = {r['witness']: r.pop('data') for r in rows}
+            data = {}
+            for r in rows:                   # a run with --n-uncond 0 has no perfect-sampler band: keep one that has
+                d = r.pop('data')
+                if r['witness'] not in data or data[r['witness']]['band']['n'] == 0:
+                    data[r['witness']] = d
+            best = {}
+            for r in rows:                   # one row per case: a repeated case keeps the one with '' samples
+                key = (r['witness'], r['sampler'], r['steps'], r['schedule'])
+                if key not in best or 'uncond' in r:
+                    best[key] = r
+            rows = list(best.values())
         else:
             rows, data = payload['rows'], payload['data']
     else:

@@ -95,7 +95,7 @@ def write_photo_dataset(root: Path, n: int, seed: int, solid_fraction: float) ->
 
 
 def embedded_config() -> dict:
-    from kdiff_ztsnr.generation.loading import EMBEDDED
+    from kdiff_ztsnr.generation.lookup import EMBEDDED
     from safetensors import safe_open
     with safe_open(str(EMBEDDED / 'ema.safetensors'), 'pt') as f:
         return json.loads(f.metadata()['config'])
@@ -182,7 +182,7 @@ def train_latent(work: Path) -> Path:
 
 
 def pipeline(name: str, work: Path = WORK):
-    from kdiff_ztsnr.generation.loading import load_pipeline
+    from kdiff_ztsnr.generation.lookup import load_pipeline
     if name == 'embedded':
         return load_pipeline('embedded')
     ckpt = train(name, work)
