@@ -24,10 +24,7 @@ def v_scalings(sigma: Tensor, sigma_data: float = 1.) -> tuple[Tensor, Tensor, T
     s2 = sigma ** 2 + sigma_data ** 2
     c_skip = sigma_data ** 2 / s2                                          # Equation 10 (→ 0)
     c_out = -sigma_data / (1 + (sigma_data / sigma) ** 2).sqrt()          # Equation 11 (→ −σ_data)
-    c_in = s2.rsqrt()                                                      # Equation 12
-    inf = sigma.isinf()
-    if inf.any():
-        c_in = torch.where(inf, torch.ones_like(sigma), c_in)              # the bypass: the network sees n
+    c_in = torch.where(sigma.isinf(), 1., s2.rsqrt())                      # Equation 12; ∞: the bypass, n itself
     return c_skip, c_out, c_in
 
 
@@ -125,10 +122,9 @@ class DiscreteVDenoiser(VPreconditioner, external.DiscreteSchedule):
         low = low.view(sigma.shape)
         w = ((log_sigma - log_f[low]) / (log_f[low + 1] - log_f[low])).clamp(0, 1)
         t = low + w
-        top = sigma > self.sigma_top
-        if self.n_finite < len(self.sigmas) and top.any():                      # ∞ on top: the √ᾱ ramp
+        if self.n_finite < len(self.sigmas):                                     # ∞ on top: the √ᾱ ramp
             t_top = (self.n_finite - 1) + (1 - (1 + sigma ** 2).rsqrt() / self.sqrt_ac_top)
-            t = torch.where(top, t_top, t)
+            t = torch.where(sigma > self.sigma_top, t_top, t)                    # branchless: no host read
         return t.round().long() if quantize else t
 
     def t_to_sigma(self, t: Tensor) -> Tensor:
