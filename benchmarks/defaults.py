@@ -51,7 +51,8 @@ def candidates() -> dict:
         'former recommended': lambda m, n, sm, side, base: spec(m, OLD_SDE if sm in SDE else OLD, n),
     }
     for top in (500., 150.):
-        out[f'karras ρ=7 top={top:g}'] = lambda m, n, sm, side, base, t=top: spec(m, schedule_policy.Spec('karras', t), n)
+        out[f'karras ρ=7 top={top:g}'] = lambda m, n, sm, side, base, t=top: spec(
+            m, schedule_policy.Spec('karras', t), n)
     out['exponential top=500'] = lambda m, n, sm, side, base: spec(m, schedule_policy.Spec('exponential', 500.), n)
     out['normal top=128'] = lambda m, n, sm, side, base: spec(m, schedule_policy.Spec('normal', 128.), n)
     return out
@@ -269,8 +270,8 @@ def main(argv=None) -> dict:
     from pathlib import Path
     a.work = Path(a.work)
     if a.smoke:
-        a.witnesses, a.samplers, a.steps, a.uncond_steps, a.n_solid, a.n_uncond = (['embedded'], ['euler', 'dpmpp_2m_sde'],
-                                                                                 [3], [3], 1, 4)
+        a.witnesses, a.samplers, a.steps, a.uncond_steps = ['embedded'], ['euler', 'dpmpp_2m_sde'], [3], [3]
+        a.n_solid, a.n_uncond = 1, 4
     specs = candidates()
     if a.schedules:
         specs = {k: specs[k] for k in a.schedules}
