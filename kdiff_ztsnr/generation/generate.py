@@ -22,8 +22,6 @@ from .params import GenerationParams, check_params
 from ..models.bundle import Pipeline
 
 BROWNIAN = {'dpmpp_sde', 'dpmpp_2m_sde', 'dpmpp_3m_sde'}
-# The package default, per sampler: kdiff_ztsnr/schedule_policy.py (measured in benchmarks/schedule_study.py).
-RECOMMENDED = schedule_policy.RECOMMENDED
 
 
 def start_sigma(p: GenerationParams, pipe: Pipeline) -> float:
@@ -34,10 +32,11 @@ def start_sigma(p: GenerationParams, pipe: Pipeline) -> float:
 
 
 def make_sigmas(model: DiscreteVDenoiser, kind: str, steps: int, sigma_start: Optional[float] = None,
-                sampler: Optional[str] = None) -> Tensor:
+                sampler: Optional[str] = None, side: Optional[float] = None,
+                base_side: Optional[float] = None) -> Tensor:
     """A schedule of `steps` model calls from the model's top (∞ or the clamp) or from a finite sigma_start;
-    'recommended' resolves per sampler (schedule_policy)."""
-    return schedule_policy.sigmas_from_inf(model, kind, steps, sigma_start, sampler)
+    'recommended' resolves for sampler, steps and the canvas side vs the model's (schedule_policy)."""
+    return schedule_policy.sigmas_from_inf(model, kind, steps, sigma_start, sampler, side, base_side)
 
 
 def sample_noise(seeds: list, shape: tuple) -> tuple[list, Tensor]:
@@ -112,7 +111,8 @@ def generate(pipe: Pipeline, p: GenerationParams, init: Optional[Tensor] = None,
     model = pipe.denoiser(sigma_max=clamp)
     if sigmas is None:
         sigmas = make_sigmas(pipe.denoiser(), p.noise_schedule, p.steps,
-                             start_sigma(p, pipe) if p.ztsnr == 'sigma_max' else None, p.sampler)
+                             start_sigma(p, pipe) if p.ztsnr == 'sigma_max' else None, p.sampler,
+                             math.sqrt(p.width * p.height), pipe.base_side)
         if clamp is not None:                  # the clamp replaces only ∞: the same finite part below it
             sigmas = schedule_policy.replace_start(sigmas, clamp)
     b, seeds = p.n_samples, [p.seed + i for i in range(p.n_samples)]
