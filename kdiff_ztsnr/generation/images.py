@@ -5,19 +5,24 @@ more than the largest in the folder) and the sample's seed. A file is created ex
 file is never overwritten; if writing fails, every image is kept in a fresh temporary folder that the error names.
 """
 
+from __future__ import annotations
+
 import os
 import re
 import tempfile
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from .params import GenerationParams
+
+if TYPE_CHECKING:                       # torch is imported where a tensor is made: --out is checked without it
+    from torch import Tensor
 
 
 def load_image(path: str, width: int, height: int) -> Tensor:
     """An init image as [1, 3, H, W] in [−1, 1] at the canvas size (bicubic)."""
+    import torch
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as im:
@@ -67,7 +72,34 @@ def prepare_out(out: str) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise OSError(f'--out {out} is not a writable folder ({folder}: {e.strerror or e})') from e
+        raise OSError(f'--out {out} is not a writable folder: {write_failure(folder, e)}') from e
+
+
+VIRTUAL_FS = {'proc', 'sysfs', 'devtmpfs', 'cgroup', 'cgroup2', 'debugfs', 'securityfs', 'pstore', 'bpf',
+              'tracefs', 'configfs', 'fusectl', 'mqueue', 'autofs', 'binfmt_misc'}
+
+
+def filesystem_type(path: str):
+    """The type of the filesystem mounted at the longest prefix of path (Linux /proc/mounts), or None."""
+    try:
+        with open('/proc/self/mounts') as f:
+            mounts = [line.split()[1:3] for line in f if len(line.split()) > 2]
+    except OSError:
+        return None
+    path = os.path.realpath(path)
+    best = max((m for m in mounts if path == m[0] or path.startswith(m[0].rstrip('/') + '/')),
+               key=lambda m: len(m[0]), default=None)
+    return best[1] if best else None
+
+
+def write_failure(folder: str, e: OSError) -> str:
+    """Why a file cannot be created in an existing folder, in words (the errno alone can mislead)."""
+    fs = filesystem_type(folder)
+    if fs in VIRTUAL_FS:
+        return f'{folder} is on a {fs} filesystem, which holds no user files (choose a folder on a disk)'
+    reason = {13: 'permission denied', 30: 'the filesystem is read-only', 28: 'no space left on the device',
+              122: 'disk quota exceeded'}.get(e.errno, e.strerror or str(e))
+    return f'cannot create a file in {folder}: {reason}'
 
 
 def next_index(out: str) -> int:
