@@ -240,6 +240,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         check_alpha_fits({**p.to_dict(), 'seed': p.seed + p.n_samples - 1, 'n_samples': 1}, p.width, p.height)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
+        from . import ignore_third_party_warnings
+        ignore_third_party_warnings()
         images = generate(pipe, p, init=init, mask=mask, progress=not args.quiet, limits=not args.no_size_limit)
     for w in caught:
         print(f'warning: {w.message}', file=sys.stderr)

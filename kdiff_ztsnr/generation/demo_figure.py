@@ -87,6 +87,9 @@ def draw_tiles(draw, canvas, results: dict, fonts: Fonts, tiles: int, top: int) 
     for sampler in samplers:
         note = SAMPLER_NOTES.get(sampler)
         draw.text((12, y), sampler + (f' ({note})' if note else ''), font=fonts(22), fill=INK)
+        miss = misses(results, sampler, regimes[0])
+        if miss:
+            draw.text((LABEL_W, y + 4), miss, font=fonts(17), fill=(255, 225, 120))
         y += 34
         for regime in regimes:
             big, small = REGIME_LABELS.get(regime, ((regime, ''),) * 2)[0 if fonts.unicode else 1]
@@ -102,6 +105,18 @@ def draw_tiles(draw, canvas, results: dict, fonts: Fonts, tiles: int, top: int) 
             y += side + 28
         y += 10
     return y
+
+
+def misses(results: dict, sampler: str, regime: str) -> str:
+    """A warning when this sampler's first regime leaves the solid prompts short of black (< 0.05) or white (> 0.95)."""
+    from .demo import brightness
+    short = []
+    for prompt, ok in (('completely black', lambda b: b < 0.05), ('completely white', lambda b: b > 0.95)):
+        if (sampler, prompt, regime) in results:
+            b = brightness(results[sampler, prompt, regime]).mean().item()
+            if not ok(b):
+                short.append(f'{prompt.split()[-1]} ({b:.3f})')
+    return f'with its default schedule, the first row misses {" and ".join(short)}' if short else ''
 
 
 def histogram(values: np.ndarray, bins: int) -> np.ndarray:
@@ -125,7 +140,7 @@ def draw_histogram(draw, box: tuple, series: dict, data: Optional[np.ndarray], f
         for i, f in enumerate(ref):
             draw.rectangle([bx(i) + 1, by(f), bx(i + 1) - 1, py1], fill=(185, 185, 185))
     for name, h in hists.items():            # the first drawn widest: identical curves stay visible
-        width = 2 + 3 * (len(hists) - 1 - list(hists).index(name))
+        width = 8 if name == next(iter(hists)) else 3
         pts = [(bx(0), py1)] + [p for i, f in enumerate(h) for p in ((bx(i), by(f)), (bx(i + 1), by(f)))] + \
               [(bx(bins), py1)]
         draw.line(pts, fill=REGIME_COLORS.get(name, INK), width=width)
