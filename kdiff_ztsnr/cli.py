@@ -87,7 +87,7 @@ def add_device_args(p: argparse.ArgumentParser, sdxl: bool = True) -> None:
 
 def pipeline_from_args(args: argparse.Namespace, model: str, device: Optional[str] = None):
     """load_pipeline with the device/dtype options; prints the model's detected prediction type once."""
-    from .generation.loading import load_pipeline
+    from .generation.lookup import load_pipeline
     from .progress import phase, status
     table = getattr(args, 'ztsnr_table', None)
     if table not in (None, 'on', 'off'):
@@ -166,7 +166,7 @@ def check_prompt_text(args: argparse.Namespace) -> None:
 def check_usage(args: argparse.Namespace) -> dict:
     """Every check that needs no torch (options, paths, file kinds, prompt, output folder); returns the
     --from-image metadata. Runs before torch, diffusers or transformers are imported."""
-    from .generation.images import prepare_out
+    from .generation.image_io import prepare_out
     if (args.mask or args.enhance) and not args.init_image:
         raise ValueError('--mask and --enhance need --init-image')
     if args.strength is not None and not args.init_image:
@@ -216,7 +216,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     meta = check_sample_args(args)
     import warnings
     from .generation.generate import enhance_size, generate, upscale
-    from .generation.images import load_image, load_mask, save_images
+    from .generation.image_io import load_image, load_mask, save_images
     from .generation.metadata import check_alpha_fits
     quiet_libraries()
     if args.prompt_file:
@@ -295,19 +295,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise ValueError(f'{opt} must be an integer in [{lo}, 256] (the table shows a spread), got {v}')
     if not 1 <= args.steps <= 10_000:
         raise ValueError(f'--steps must be an integer in [1, 10000], got {args.steps}')
-    from .generation.images import prepare_out
+    from .generation.image_io import prepare_out
     prepare_out(args.out)
+    import torch
     from .generation.demo import run_demo
+    from .training.data.synthetic import mean_brightness
+    pipe = pipeline_from_args(args, args.model)
+    data = mean_brightness(json.loads(pipe.info.get('config', '{}')))
     run_demo(out=args.out, model=args.model, samples=args.samples, steps=args.steps,
-             uncond_samples=args.uncond_samples, pipe=pipeline_from_args(args, args.model))
+             uncond_samples=args.uncond_samples, pipe=pipe, data=None if data is None else torch.from_numpy(data))
     return 0
 
 
 def print_known_prompts(model: str) -> int:
     """`demo --prompts`: the captions of the model's synthetic training set (read from its config, no torch)."""
     from safetensors import safe_open
-    from .generation.demo import known_prompts
-    from .generation.loading import EMBEDDED
+    from .generation.lookup import EMBEDDED
+    from .training.data.synthetic import caption_counts
     path = EMBEDDED if model == 'embedded' else model
     found = [p for p in (os.path.join(path, 'ema.safetensors'),) if os.path.isfile(p)]
     if not found:
@@ -315,7 +319,7 @@ def print_known_prompts(model: str) -> int:
                          f'training prompts are unknown')
     with safe_open(found[0], 'numpy') as f:
         config = json.loads((f.metadata() or {}).get('config', '{}'))
-    prompts = known_prompts(config)
+    prompts = caption_counts(config)
     if not prompts:
         raise ValueError(f'--model {model} was not trained on the synthetic set: its prompts are its own captions')
     print(f'# {len(prompts)} captions of the training set of {model} (images per caption):')
@@ -333,7 +337,7 @@ def cmd_export_config(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training.cli import train_from_args
+    from .training.command import train_from_args
     train_from_args(args)
     return 0
 
@@ -370,7 +374,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .training.cli import DESCRIPTION, add_train_args
+    from .training.command import DESCRIPTION, add_train_args
     parser = Parser(prog='kdiff-ztsnr', description='Exact zero-terminal-SNR sampling and '
                     'training for v-prediction models on k-diffusion.')
     parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')

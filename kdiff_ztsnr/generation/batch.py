@@ -5,7 +5,7 @@ from typing import Callable
 
 from ..progress import bar, status
 from .generate import generate
-from .images import to_pil
+from .image_io import to_pil
 from .metadata import save_png
 from .params import GenerationParams, check_params
 from .prompt_file import output_name, rank_and_world, share

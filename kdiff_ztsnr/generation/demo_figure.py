@@ -22,6 +22,11 @@ SAMPLER_NOTES = {'euler_ancestral': "NAI's default", 'dpmpp_2m': 'multistep, sec
 TILE, GAP, GROUP_GAP, LABEL_W = 96, 6, 22, 270
 
 
+def brightness(images: torch.Tensor) -> torch.Tensor:
+    """Per-image mean brightness in [0, 1] of images in [−1, 1] [B, 3, H, W]."""
+    return (images.float().flatten(1).mean(1) + 1) / 2
+
+
 class Fonts:
     """DejaVu Sans where the system or matplotlib has it (σ, ∞); else PIL's default font with ASCII labels."""
 
@@ -74,7 +79,6 @@ def layout(results: dict, tiles: int) -> tuple[list, list, list, int]:
 
 def draw_tiles(draw, canvas, results: dict, fonts: Fonts, tiles: int, top: int) -> int:
     """The tile blocks from y = top; returns the y below them."""
-    from .demo import brightness
     samplers, prompts, regimes, side = layout(results, tiles)
     group_w = tiles * side + (tiles - 1) * GAP
     y = top
@@ -109,7 +113,6 @@ def draw_tiles(draw, canvas, results: dict, fonts: Fonts, tiles: int, top: int) 
 
 def misses(results: dict, sampler: str, regime: str) -> str:
     """A warning when this sampler's first regime leaves the solid prompts short of black (< 0.05) or white (> 0.95)."""
-    from .demo import brightness
     short = []
     for prompt, ok in (('completely black', lambda b: b < 0.05), ('completely white', lambda b: b > 0.95)):
         if (sampler, prompt, regime) in results:
@@ -167,7 +170,6 @@ def save_figure(results: dict, path: str, data: Optional[torch.Tensor] = None, t
                 steps: Optional[int] = None) -> None:
     """Write the figure for results {(sampler, prompt, regime): images [B, 3, H, W]} to path (PNG)."""
     from PIL import Image, ImageDraw
-    from .demo import brightness
     fonts = Fonts()
     samplers, prompts, regimes, side = layout(results, tiles)
     width = LABEL_W + len(prompts) * (tiles * side + (tiles - 1) * GAP + GROUP_GAP)

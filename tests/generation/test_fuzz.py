@@ -13,7 +13,8 @@ from PIL import Image, PngImagePlugin
 
 from kdiff_ztsnr.generation.metadata import STEALTH_MAGIC, parse_a1111, read_metadata
 from kdiff_ztsnr.generation.params import check_fields
-from kdiff_ztsnr.models.checkpoint import load_safetensors, read_metadata as read_st_metadata
+from kdiff_ztsnr.files import load_safetensors
+from kdiff_ztsnr.models.trained import read_metadata as read_st_metadata
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 A1111 = st.text(st.characters(codec='utf-8'), max_size=300) | st.builds(

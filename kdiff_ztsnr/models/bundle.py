@@ -1,7 +1,7 @@
 """What a generator needs from a model: a v network, its ᾱ table, text conditioning and an image codec.
 
 The package's one pipeline: the embedded default model and trainer checkpoints (pixel space,
-`models.checkpoint.trained_pipeline`) and SDXL checkpoints (VAE latents, `models.sdxl.load_sdxl`) are all
+`models.trained.trained_pipeline`) and SDXL checkpoints (VAE latents, `models.sdxl.load_sdxl`) are all
 presented this way, so that `generate`, the CLI, the benchmarks and the trainer's previews treat them alike.
 """
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image, PngImagePlugin
 
 from kdiff_ztsnr import cli
-from kdiff_ztsnr.generation import generate as generate_module, loading
+from kdiff_ztsnr.generation import generate as generate_module, lookup
 from kdiff_ztsnr.generation.params import FIELDS, GenerationParams, check_value
 
 
@@ -30,7 +30,7 @@ def no_model(monkeypatch):
     """Fail the test if a model would be loaded or called: errors must come first."""
     def boom(*a, **k):
         raise AssertionError('model touched before the error')
-    monkeypatch.setattr(loading, 'load_pipeline', boom)
+    monkeypatch.setattr(lookup, 'load_pipeline', boom)
     monkeypatch.setattr(generate_module, 'generate', boom)
 
 
@@ -137,7 +137,7 @@ def test_outputs_never_overwritten(tmp_path, capsys):
 
 def test_failed_save_keeps_images(tmp_path):
     import torch
-    from kdiff_ztsnr.generation.images import save_images
+    from kdiff_ztsnr.generation.image_io import save_images
     (tmp_path / 'file').write_text('')
     with pytest.raises(OSError, match='they were saved to') as e:
         save_images(torch.zeros(2, 3, 8, 8), GenerationParams(prompt='x', width=8, height=8), str(tmp_path / 'file'))
@@ -182,7 +182,7 @@ def test_every_field_valid_or_named_error(key, value):
 
 
 def test_16bit_grayscale_init_is_scaled(tmp_path):
-    from kdiff_ztsnr.generation.images import load_image
+    from kdiff_ztsnr.generation.image_io import load_image
     ramp = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / 'g16.png')
     x = load_image(tmp_path / 'g16.png', 16, 16)
@@ -191,7 +191,7 @@ def test_16bit_grayscale_init_is_scaled(tmp_path):
 
 def test_checkpoint_files_follow_umask(tmp_path):
     import torch
-    from kdiff_ztsnr.models.checkpoint import save_weights
+    from kdiff_ztsnr.files import save_weights
     umask = os.umask(0o022)
     try:
         save_weights(torch.nn.Linear(2, 2), tmp_path / 'w.safetensors', {})

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
-from .pipeline import Pipeline
+from ..models.bundle import Pipeline
 
 if TYPE_CHECKING:
     import torch
@@ -71,7 +71,7 @@ def load_pipeline(spec: Union[str, os.PathLike] = 'embedded',
         hint = ' (the embedded model ships with the package: reinstall it)' if str(spec) == 'embedded' else ''
         raise FileNotFoundError(f'model not found: {path}{hint}')
     if path.is_dir() and is_trainer_checkpoint(path):
-        from ..models.checkpoint import trained_pipeline
+        from ..models.trained import trained_pipeline
         pipe = trained_pipeline(path, device, name='embedded' if path == EMBEDDED else str(spec))
         if dtype != torch.float32:
             pipe.inner_model = CastInner(pipe.inner_model.to(dtype))

@@ -17,12 +17,12 @@ from PIL import Image  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from conftest import TINY, TINY_KW, write_tiny_sdxl  # noqa: E402
+from tests.helpers import TINY, TINY_KW, write_tiny_sdxl  # noqa: E402
 from kdiff_ztsnr import training  # noqa: E402
 from kdiff_ztsnr.models import sdxl  # noqa: E402
-from kdiff_ztsnr.models.checkpoint import resolve_checkpoint  # noqa: E402
+from kdiff_ztsnr.models.trained import resolve_checkpoint  # noqa: E402
 from kdiff_ztsnr.training.data.images import cover_crop_box  # noqa: E402
-from kdiff_ztsnr.training.lora import merge_lora, merge_lora_file  # noqa: E402
+from kdiff_ztsnr.training.adapters import merge_lora, merge_lora_file  # noqa: E402
 from kdiff_ztsnr.training.preview import SigmaBucketLoss  # noqa: E402
 
 ONLY_64 = {'max_area': 64 * 64, 'max_side': 64, 'min_side': 64, 'step': 64, 'extra': [[64, 64]]}
@@ -88,7 +88,7 @@ def test_full_finetune_saves_single_file_diffusers_reads(base, tmp_path, source)
     assert cli.main(['sample', 'completely black', '--model', str(folder), '--steps', '2', '--width', '64',
                      '--out', str(tmp_path / 'samples'), '--quiet']) == 0              # kdiff-ztsnr sample --model
     assert len(list((tmp_path / 'samples').glob('*.png'))) == 1
-    from kdiff_ztsnr.generation.loading import load_pipeline
+    from kdiff_ztsnr.generation.lookup import load_pipeline
     pipe = load_pipeline(tmp_path)                                                    # --model out_dir
     assert pipe.zero_terminal_snr and equal_state(pipe.components['unet'].state_dict(), ema)
 
@@ -290,7 +290,7 @@ def test_two_ranks_agree_with_one_process(base, tmp_path):
     cfg = sdxl_config(tmp_path / 'out', base['file'], steps=1)
     (tmp_path / 'cfg.json').write_text(json.dumps(cfg))
     (tmp_path / 'worker.py').write_text(WORKER)
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(Path(__file__).parents[1]))
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(Path(__file__).parents[2]))
     proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                            str(tmp_path / 'worker.py'), str(tmp_path / 'cfg.json'), str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=400, check=False)

@@ -70,7 +70,7 @@ def test_performance_calls_and_guidance():
 def tiny_checkpoint(tmp_path_factory):
     """A trainer checkpoint after 2 steps: plumbing only, its samples are noise. Its 12-image synthetic set
     (seed 0, solid_fraction 0.5) holds a 'completely black' and a 'completely white'."""
-    from conftest import train_tiny_checkpoint
+    from tests.helpers import train_tiny_checkpoint
     return train_tiny_checkpoint(tmp_path_factory.mktemp('bench_ckpt'), n=12, solid_fraction=0.5)
 
 

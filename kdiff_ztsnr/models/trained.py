@@ -3,42 +3,20 @@
 ``model.safetensors`` and ``ema.safetensors`` hold the inner network (metadata: ``config`` JSON, ``step``,
 ``base_side`` — the canvas side the model was trained at, for the §2.3 resolution rule), ``text.safetensors``
 the frozen random text encoders of text.type 'clip'. An out_dir's ``latest`` file names its newest checkpoint.
-Every file is written by `atomic_write`: a temporary name, flushed to disk, then renamed into place.
+Every file is written by `files.atomic_write`: a temporary name, flushed to disk, then renamed into place.
 """
 
 import json
-import os
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Optional
 
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
-from torch import nn
 
 from ..denoisers import DiscreteVDenoiser
+from ..files import PathLike, load_weights
 from ..text import TextConditioner, build_text
-from . import alphas_cumprod_for, build_denoiser, build_model
-
-PathLike = Union[str, os.PathLike]
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """write(tmp) to a temporary sibling, fsync it, then os.replace it onto path (never a half-written path)."""
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    write(tmp)
-    with open(tmp, 'rb+') as f:
-        os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)                   # as any file the user creates (safetensors writes 0600)
-    os.replace(tmp, path)
-
-
-def save_weights(module: nn.Module, path: Path, metadata: dict) -> None:
-    """A module's state dict as safetensors (contiguous CPU copies), string metadata, atomically."""
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()}))
+from .alphas import alphas_cumprod_for
+from .registry import build_denoiser, build_model
 
 
 def resolve_checkpoint(path: PathLike) -> Path:
@@ -50,24 +28,6 @@ def resolve_checkpoint(path: PathLike) -> Path:
     if (path / 'latest').is_file():
         return path / (path / 'latest').read_text().strip()
     raise FileNotFoundError(f'{path} is neither a checkpoint directory nor an out_dir with a latest checkpoint')
-
-
-def load_safetensors(path: PathLike) -> dict:
-    """A safetensors file's tensors; a missing, truncated or corrupt file is one ValueError naming it."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f'{path}: no such file')
-    try:
-        return load_file(str(path))
-    except Exception as e:                       # SafetensorError, or OSError from a short read
-        raise ValueError(f'{path}: not a readable .safetensors file (truncated or corrupt: {str(e)[:200]})') from None
-
-
-def load_weights(module: nn.Module, path: PathLike) -> None:
-    """load_state_dict from a safetensors file; a file that does not fit the module names the file."""
-    try:
-        module.load_state_dict(load_safetensors(path))
-    except RuntimeError as e:
-        raise ValueError(f'{path}: weights do not fit the model of its config ({str(e)[:300]})') from None
 
 
 def read_metadata(path: Path) -> dict:
@@ -121,11 +81,11 @@ def load_trained(path: PathLike, ema: bool = True, device='cpu',
 
 def trained_pipeline(path: PathLike, device='cpu', name: str = 'model'):
     """A pixel-space model written by kdiff_ztsnr.training (its EMA weights and frozen text encoders)."""
-    from ..generation.pipeline import Pipeline
+    from .bundle import Pipeline
     ckpt = resolve_checkpoint(path)
     config = read_metadata(ckpt / 'ema.safetensors')['config']
     if config['model']['type'] == 'sdxl':               # the checkpoint's SGM single file / diffusers folder
-        from .sdxl.train import sdxl_checkpoint_pipeline
+        from .sdxl.parts import sdxl_checkpoint_pipeline
         return sdxl_checkpoint_pipeline(ckpt, config, device, name)
     model, text, meta = load_trained(path, ema=True, device=device)
     config, mc = meta['config'], meta['config']['model']

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from kdiff_ztsnr import models, training
 from kdiff_ztsnr.losses import v_loss
 from kdiff_ztsnr.models import image_v1
-from kdiff_ztsnr.models.checkpoint import load_trained, resolve_checkpoint
+from kdiff_ztsnr.models.trained import load_trained, resolve_checkpoint
 from kdiff_ztsnr.text import CachedText, build_text
 from kdiff_ztsnr.training.data.images import ImageFolderDataset
 from kdiff_ztsnr.training.data.latents import cache_latents
@@ -284,7 +284,7 @@ def test_two_ranks_torchrun(tmp_path):
     cfg = tiny_config(tmp_path / 'out', steps=1, grad_accum_steps=2, batch_size=2)
     (tmp_path / 'cfg.json').write_text(json.dumps(cfg))
     (tmp_path / 'worker.py').write_text(WORKER)
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(Path(__file__).parents[1]))
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(Path(__file__).parents[2]))
     proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                            str(tmp_path / 'worker.py'), str(tmp_path / 'cfg.json'), str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=240)

@@ -13,9 +13,9 @@ from safetensors.torch import load_file  # noqa: E402
 from kdiff_ztsnr import cli  # noqa: E402
 from kdiff_ztsnr.generation.device import resolve_device, resolve_dtype  # noqa: E402
 from kdiff_ztsnr.generation.generate import generate  # noqa: E402
-from kdiff_ztsnr.generation.loading import load_pipeline  # noqa: E402
+from kdiff_ztsnr.generation.lookup import load_pipeline  # noqa: E402
 from kdiff_ztsnr.generation.params import GenerationParams  # noqa: E402
-from conftest import write_tiny_sdxl  # noqa: E402
+from tests.helpers import write_tiny_sdxl  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -150,7 +150,7 @@ def readme_commands() -> list[list[str]]:
     """The kdiff-ztsnr lines of the README's "Running a real SDXL v-pred model" section."""
     import shlex
     from pathlib import Path
-    text = (Path(__file__).parents[1] / 'README.md').read_text()
+    text = (Path(__file__).parents[2] / 'README.md').read_text()
     section = text.split('## Running a real SDXL v-pred model', 1)[1].split('\n## ', 1)[0]
     lines = [l.split('  #')[0].strip() for l in section.split('```bash', 1)[1].split('```', 1)[0].splitlines()]
     return [shlex.split(l)[1:] for l in lines if l.startswith('kdiff-ztsnr ')]

@@ -15,10 +15,10 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from kdiff_ztsnr.models import sdxl  # noqa: E402
 from kdiff_ztsnr.models.sdxl import loading as sdxl_loading  # noqa: E402
 from kdiff_ztsnr.generation.generate import generate  # noqa: E402
-from kdiff_ztsnr.generation.loading import load_pipeline  # noqa: E402
+from kdiff_ztsnr.generation.lookup import load_pipeline  # noqa: E402
 from kdiff_ztsnr.generation.params import GenerationParams  # noqa: E402
 
-from conftest import TINY_KW, tiny_pipeline  # noqa: E402
+from tests.helpers import TINY_KW, tiny_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope='module')

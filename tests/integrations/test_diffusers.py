@@ -108,7 +108,7 @@ def test_add_noise_is_img2img_start():
 
 @pytest.fixture(scope='module')
 def tiny():
-    from test_sdxl import tiny_pipeline
+    from tests.helpers import tiny_pipeline
     return tiny_pipeline()
 
 

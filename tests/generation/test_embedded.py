@@ -9,7 +9,7 @@ import torch
 from kdiff_ztsnr.generation.demo import brightness
 from kdiff_ztsnr.generation.generate import generate
 from kdiff_ztsnr.generation.params import GenerationParams
-from kdiff_ztsnr.generation.loading import EMBEDDED, load_pipeline
+from kdiff_ztsnr.generation.lookup import EMBEDDED, load_pipeline
 from kdiff_ztsnr.training.data.synthetic import COLORS
 
 pytestmark = pytest.mark.skipif(not (EMBEDDED / 'ema.safetensors').is_file(), reason='embedded model not built')

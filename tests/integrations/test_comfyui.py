@@ -1,4 +1,4 @@
-"""The ComfyUI node pack against a stand-in of the ComfyUI interfaces it touches (tests/comfy_standin).
+"""The ComfyUI node pack against a stand-in of the ComfyUI interfaces it touches (tests/integrations/comfy_standin).
 
 The stand-in model is the exact oracle's v network behind ComfyUI's conventions (ZTSNR table clamped at
 σ_max = 4518.76, integer timesteps, noise scaled by σ₀ before the sampler, CFG on the denoised output). The
@@ -24,7 +24,7 @@ from kdiff_ztsnr.oracle import ConditionalMixture, brightness_dataset, exact_mod
 from kdiff_ztsnr.sampling import SAMPLERS, BrownianTreeNoiseSampler
 
 STANDIN = Path(__file__).parent / 'comfy_standin'
-PACK = Path(__file__).parents[1] / 'kdiff_ztsnr' / 'integrations' / 'comfyui'
+PACK = Path(__file__).parents[2] / 'kdiff_ztsnr' / 'integrations' / 'comfyui'
 SEED = 5
 
 

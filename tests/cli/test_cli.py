@@ -12,9 +12,9 @@ from PIL import Image
 from kdiff_ztsnr import cli
 from kdiff_ztsnr.generation.generate import generate, make_sigmas
 from kdiff_ztsnr.generation.params import GenerationParams
-from kdiff_ztsnr.generation.loading import load_pipeline
+from kdiff_ztsnr.generation.lookup import load_pipeline
 from kdiff_ztsnr.generation.metadata import read_metadata
-from conftest import train_tiny_checkpoint
+from tests.helpers import train_tiny_checkpoint
 
 
 @pytest.fixture(scope='module')

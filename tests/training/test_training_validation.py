@@ -13,9 +13,9 @@ from kdiff_ztsnr import cli
 from kdiff_ztsnr.training import runs, trainer as trainer_module
 from kdiff_ztsnr.training.schema import SCHEMA, validate_config
 from kdiff_ztsnr.training.data.synthetic import make_synthetic_dataset
-from conftest import train_tiny_checkpoint
-from test_training import tiny_config
-from test_validation import expect_error
+from tests.helpers import train_tiny_checkpoint
+from tests.training.test_training import tiny_config
+from tests.cli.test_validation import expect_error
 
 pytestmark = pytest.mark.usefixtures('fresh_process_state')   # conftest: a fresh accelerate state per test
 

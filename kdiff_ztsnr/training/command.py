@@ -21,7 +21,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def train_from_args(args: argparse.Namespace):
-    from ..models.checkpoint import resolve_checkpoint
+    from ..models.trained import resolve_checkpoint
     from .config import load_training_config
     from .runs import check_out_dir
     from .trainer import Trainer

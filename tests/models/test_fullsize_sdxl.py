@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(os.environ.get('KDIFF_ZTSNR_SLOW') != '1',
 
 def test_fullsize_sdxl_bf16_round_trip(tmp_path):
     spec = importlib.util.spec_from_file_location('fullsize_sdxl',
-                                                  Path(__file__).parents[1] / 'scripts' / 'fullsize_sdxl.py')
+                                                  Path(__file__).parents[2] / 'scripts' / 'fullsize_sdxl.py')
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     r = script.main(['--dir', str(tmp_path / 'work')])

@@ -1,7 +1,6 @@
 """The command line as a new user meets it: usage errors before any heavy import, --version, sub-command usage
 with "did you mean", progress bars that --quiet silences, and --prompt-file (parsing, resume, two processes)."""
 
-import json
 import os
 import subprocess
 import sys
@@ -12,9 +11,9 @@ from PIL import Image
 
 from kdiff_ztsnr import cli
 from kdiff_ztsnr.generation.prompt_file import output_name, parse_line, read_prompt_file
-from conftest import train_tiny_checkpoint
+from tests.helpers import train_tiny_checkpoint
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HEAVY = ('torch', 'k_diffusion', 'diffusers', 'transformers')
 PROBE = ('import sys; from kdiff_ztsnr.cli import main\n'
          'try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n'

@@ -17,7 +17,7 @@ from kdiff_ztsnr.generation.metadata import read_metadata  # noqa: E402
 from kdiff_ztsnr.generation.params import GenerationParams  # noqa: E402
 from kdiff_ztsnr.models import sdxl  # noqa: E402
 from kdiff_ztsnr.models.sdxl.lora import apply_loras, parse_lora  # noqa: E402
-from test_sdxl import tiny_pipeline  # noqa: E402
+from tests.helpers import tiny_pipeline  # noqa: E402
 
 P = dict(prompt='a cat', uc='', steps=3, scale=5., width=64, height=64, sampler='euler', seed=3)
 
