@@ -136,3 +136,13 @@ def test_gpu_benchmark_smoke(tmp_path, capsys):
     rows = payload['rows']
     assert [r['batch'] for r in rows] == [1, 4] and rows[0]['clamp_4096_vs_diffusers'] < 1e-3
     assert all(r['package (from ∞)']['median_s'] > 0 and r['diffusers']['median_s'] > 0 for r in rows)
+
+
+def test_time_to_error_smoke(tmp_path, capsys):
+    """benchmarks/time_to_error.py --smoke: each usage error is reached without importing torch."""
+    load('time_to_error').main(['--smoke', '--out', str(tmp_path)])
+    saved = json.loads((tmp_path / 'time_to_error.json').read_text())
+    rows = saved['rows']
+    assert '--steps 0' in rows and all(not r['after']['torch'] for r in rows.values())
+    assert rows['--steps 0']['after']['message'].startswith('error: steps (--steps)')
+    assert '|---|' in capsys.readouterr().out
