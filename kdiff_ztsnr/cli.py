@@ -88,7 +88,7 @@ def add_device_args(p: argparse.ArgumentParser, sdxl: bool = True) -> None:
 def pipeline_from_args(args: argparse.Namespace, model: str, device: Optional[str] = None):
     """load_pipeline with the device/dtype options; prints the model's detected prediction type once."""
     from .generation.lookup import load_pipeline
-    from .progress import phase, status
+    from .progress import phase
     table = getattr(args, 'ztsnr_table', None)
     if table not in (None, 'on', 'off'):
         raise ValueError(f'--ztsnr-table {table!r}: choose from on, off')
@@ -99,8 +99,8 @@ def pipeline_from_args(args: argparse.Namespace, model: str, device: Optional[st
                              ztsnr_table=None if table is None else table == 'on',
                              vae_tiling=getattr(args, 'vae_tiling', False))
     if 'detected' in pipe.info:
-        status(f'model {pipe.name}: {pipe.info["detected"]}; {pipe.info.get("dtype")} on {pipe.device} '
-               f'(VAE {pipe.info.get("vae_dtype")})')
+        print(f'model {pipe.name}: {pipe.info["detected"]}; {pipe.info.get("dtype")} on {pipe.device} '
+              f'(VAE {pipe.info.get("vae_dtype")})', file=sys.stderr)      # what was detected: shown even if quiet
     return pipe
 
 
