@@ -89,11 +89,7 @@ def draw_tiles(draw, canvas, results: dict, fonts: Fonts, tiles: int, top: int) 
             draw.text((x + s * (side + GAP), y + 26), f'seed {s}', font=fonts(14), fill=FAINT)
     y += 50
     for sampler in samplers:
-        note = SAMPLER_NOTES.get(sampler)
-        draw.text((12, y), sampler + (f' ({note})' if note else ''), font=fonts(22), fill=INK)
-        miss = misses(results, sampler, regimes[0])
-        if miss:
-            draw.text((LABEL_W, y + 4), miss, font=fonts(17), fill=(255, 225, 120))
+        draw_sampler_header(draw, fonts, y, sampler, misses(results, sampler, regimes[0]))
         y += 34
         for regime in regimes:
             big, small = REGIME_LABELS.get(regime, ((regime, ''),) * 2)[0 if fonts.unicode else 1]
@@ -109,6 +105,16 @@ def draw_tiles(draw, canvas, results: dict, fonts: Fonts, tiles: int, top: int) 
             y += side + 28
         y += 10
     return y
+
+
+def draw_sampler_header(draw, fonts: Fonts, y: int, sampler: str, miss: str) -> None:
+    """The sampler's name (and what it is), then any warning from `misses` after it."""
+    note = SAMPLER_NOTES.get(sampler)
+    title = sampler + (f' ({note})' if note else '')
+    draw.text((12, y), title, font=fonts(22), fill=INK)
+    if miss:
+        x = max(LABEL_W, 12 + draw.textlength(title, font=fonts(22)) + 24)
+        draw.text((x, y + 4), miss, font=fonts(17), fill=(255, 225, 120))
 
 
 def misses(results: dict, sampler: str, regime: str) -> str:
