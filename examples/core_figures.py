@@ -10,10 +10,10 @@ brightness spread from ∞ versus SDXL's σ_max, and what fp16/bf16 networks rec
 import math
 
 import torch
-from k_diffusion import sampling as K
 
-import kdiff_ztsnr as kz
+import kdiff_ztsnr as kz                   # first: it filters the dependencies' warnings (pkg_resources, torchsde)
 from kdiff_ztsnr import oracle, sampling
+from k_diffusion import sampling as K
 
 
 class HalfNet(torch.nn.Module):

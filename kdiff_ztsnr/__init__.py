@@ -7,8 +7,18 @@ imported on first use, so that ``import kdiff_ztsnr`` (and the command line's --
 import importlib
 import warnings
 
-# k-diffusion imports clip-anytorch, which imports pkg_resources (deprecated in setuptools): not our users' concern.
-warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
+
+def ignore_third_party_warnings() -> None:
+    """Filters for the dependencies' warnings that say nothing to our users (installed on import)."""
+    # clip-anytorch (a k-diffusion dependency) imports pkg_resources, deprecated in setuptools
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
+    # k-diffusion's jsonmerge uses jsonschema's deprecated RefResolver
+    warnings.filterwarnings('ignore', message='jsonschema.RefResolver is deprecated', category=DeprecationWarning)
+    # torchsde, when a Brownian-tree query lands a float32 rounding past the tree's end (it then clamps it)
+    warnings.filterwarnings('ignore', message=r'Should have \w+(>=|<=)\w+ but got', category=UserWarning)
+
+
+ignore_third_party_warnings()
 
 __version__ = '0.1.0'
 

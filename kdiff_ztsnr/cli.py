@@ -21,6 +21,7 @@ import os
 import sys
 from typing import Optional
 
+from .cli_parser import Parser
 from .generation.params import REGIMES, SAMPLER_NAMES, SCHEDULES, GenerationParams, check_fields, check_params
 from .untrusted import printable
 
@@ -30,6 +31,9 @@ Formatter = argparse.ArgumentDefaultsHelpFormatter
 def add_sample_args(p: argparse.ArgumentParser) -> None:
     d = GenerationParams()
     p.add_argument('prompt', nargs='?', default=None)
+    p.add_argument('--prompt-file', default=None, metavar='FILE',
+                   help='one prompt a line, or JSON objects {"prompt": …, "seed": …, "size": "WxH", …} a line; '
+                        'resumable, and spread over processes by accelerate launch / torchrun (see README)')
     p.add_argument('--uc', '--negative', dest='uc', default=None, help='negative prompt (default: "")')
     p.add_argument('--model', default=None, help="'embedded' (default), a trainer checkpoint, or an SDXL "
                                                  "folder / single-file .safetensors")
@@ -63,7 +67,7 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
                                                     'in this folder')
     p.add_argument('--out', default='out', help='output folder (default: out)')
     p.add_argument('--alpha-metadata', action='store_true', help='also embed the parameters in the alpha channel')
-    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    p.add_argument('--quiet', action='store_true', help='no progress bars or status lines')
     p.add_argument('--no-size-limit', action='store_true',
                    help='allow sizes past 8192 px a side, 2^26 pixels a batch, 256 samples, 10000 steps')
     add_device_args(p)
@@ -72,9 +76,9 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
 def add_device_args(p: argparse.ArgumentParser, sdxl: bool = True) -> None:
     """--device/--dtype (and the SDXL loading options); validated by `generation.device` before any loading."""
     p.add_argument('--device', default='auto', help='auto (CUDA, else MPS, else CPU) | cpu | cuda[:N] | mps '
-                                                    '(default: auto)')
+                                                    '(default: %(default)s)')
     p.add_argument('--dtype', default='auto', help='network dtype: auto (fp16 on CUDA, fp32 elsewhere) | fp32 | '
-                                                   'fp16 | bf16 (default: auto)')
+                                                   'fp16 | bf16 (default: %(default)s)')
     if not sdxl:
         return
     p.add_argument('--vae-dtype', default=None, help='SDXL VAE dtype: fp32 | fp16 | bf16 (default: fp32 when '
@@ -86,19 +90,22 @@ def add_device_args(p: argparse.ArgumentParser, sdxl: bool = True) -> None:
     p.add_argument('--ztsnr-table', default=None, help='on | off: override the zero-terminal-SNR detection')
 
 
-def pipeline_from_args(args: argparse.Namespace, model: str):
+def pipeline_from_args(args: argparse.Namespace, model: str, device: Optional[str] = None):
     """load_pipeline with the device/dtype options; prints the model's detected prediction type once."""
     from .generation.lookup import load_pipeline
+    from .progress import phase
     table = getattr(args, 'ztsnr_table', None)
     if table not in (None, 'on', 'off'):
         raise ValueError(f'--ztsnr-table {table!r}: choose from on, off')
-    pipe = load_pipeline(model, device=args.device, dtype=args.dtype, vae_dtype=getattr(args, 'vae_dtype', None),
-                         config=getattr(args, 'model_config', None), prediction=getattr(args, 'prediction', None),
-                         ztsnr_table=None if table is None else table == 'on',
-                         vae_tiling=getattr(args, 'vae_tiling', False))
+    with phase(f'loading model {model}'):
+        pipe = load_pipeline(model, device=device or args.device, dtype=args.dtype,
+                             vae_dtype=getattr(args, 'vae_dtype', None), config=getattr(args, 'model_config', None),
+                             prediction=getattr(args, 'prediction', None),
+                             ztsnr_table=None if table is None else table == 'on',
+                             vae_tiling=getattr(args, 'vae_tiling', False))
     if 'detected' in pipe.info:
         print(printable(f'model {pipe.name}: {pipe.info["detected"]}; {pipe.info.get("dtype")} on {pipe.device} '
-                        f'(VAE {pipe.info.get("vae_dtype")})'), file=sys.stderr)
+                        f'(VAE {pipe.info.get("vae_dtype")})'), file=sys.stderr)      # what was detected: shown even if quiet
     return pipe
 
 
@@ -208,8 +215,20 @@ def quiet_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
 
 
-def check_sample_args(args: argparse.Namespace) -> dict:
-    """Everything that can be checked before a model is loaded; returns the --from-image metadata."""
+def check_prompt_text(args: argparse.Namespace) -> None:
+    """A prompt that names an existing file was probably meant for --prompt-file: refuse it rather than sample it."""
+    text = args.prompt
+    if text and '\n' not in text and len(text) < 4096 and os.path.isfile(text):
+        looks_like_path = os.sep in text or os.path.splitext(text)[1] != ''
+        msg = f'the prompt {text!r} is the name of an existing file; to sample one prompt per line use --prompt-file {text}'
+        if looks_like_path:
+            raise ValueError(msg + ' (to sample this text, put it in quotes with another word)')
+        print(f'warning: {printable(msg)}', file=sys.stderr)
+
+
+def check_usage(args: argparse.Namespace) -> dict:
+    """Every check that needs no torch (options, paths, file kinds, prompt, output folder); returns the
+    --from-image metadata. Runs before torch, diffusers or transformers are imported."""
     from .generation.image_io import prepare_out
     if (args.mask or args.enhance) and not args.init_image:
         raise ValueError('--mask and --enhance need --init-image')
@@ -221,22 +240,24 @@ def check_sample_args(args: argparse.Namespace) -> dict:
         raise ValueError(f'--from-image {args.from_image} was made by img2img (strength {meta["strength"]}) from an '
                          f'init image the PNG does not hold; pass --init-image FILE to repeat it, or --strength 1 '
                          f'to sample text-to-image with its other parameters')
+    if args.prompt_file:
+        clash = [o for o, v in (('a prompt', args.prompt), ('--from-image', args.from_image),
+                                ('--init-image', args.init_image)) if v]
+        if clash:
+            raise ValueError(f'--prompt-file takes its prompts from the file: drop {" and ".join(clash)}')
+        from .generation.prompt_file import read_prompt_file
+        args.jobs = read_prompt_file(args.prompt_file)
     given_params(args)
-    if args.prompt is None and meta.get('prompt') is None:
-        raise ValueError('give a prompt (or --from-image)')
-    from .text.tokens import parse_emphasis
-    for opt, text in (('prompt', args.prompt or meta.get('prompt')), ('--uc', args.uc or meta.get('uc'))):
-        try:
-            parse_emphasis(text or '')
-        except ValueError as e:
-            raise ValueError(f'{opt}: {e}') from None
+    if args.prompt is None and meta.get('prompt') is None and not args.prompt_file:
+        raise ValueError('give a prompt (or --from-image, or --prompt-file)')
+    check_prompt_text(args)
     for opt, path in (('--init-image', args.init_image), ('--mask', args.mask)):
         if path is not None and not os.path.isfile(path):
             raise ValueError(f'{opt} {path}: ' + ('no such file' if not os.path.lexists(path) else
                                                   'not a regular file (a folder, FIFO or device)'))
-    specs = args.lora or [f'{path}:{weight}' for path, weight in meta.get('loras') or ()]
-    if specs:
-        check_lora_args(specs, args.model or 'embedded')
+    if args.model and args.model != 'embedded' and not os.path.exists(args.model):
+        raise ValueError(f'--model {args.model}: model not found (give embedded, a trainer checkpoint, or '
+                         f'an SDXL folder / .safetensors file)')
     prepare_out(args.out)
     return meta
 
@@ -263,13 +284,35 @@ def check_lora_args(specs: list, model: str) -> None:
         check_spec(spec)
 
 
+def check_sample_args(args: argparse.Namespace) -> dict:
+    """Everything that can be checked before a model is loaded; returns the --from-image metadata."""
+    meta = check_usage(args)
+    from .text.tokens import parse_emphasis                  # imports torch: after the torch-free checks
+    prompts = [(f'--prompt-file line {j.line}', j.params.get('prompt'), j.params.get('uc'))
+               for j in getattr(args, 'jobs', None) or ()] or [('prompt', args.prompt or meta.get('prompt'), None)]
+    for opt, text, uc in [*prompts, ('--uc', args.uc or meta.get('uc'), None)]:
+        for t in (text, uc):
+            try:
+                parse_emphasis(t or '')
+            except ValueError as e:
+                raise ValueError(f'{opt}: {e}') from None
+    specs = args.lora or [f'{path}:{weight}' for path, weight in meta.get('loras') or ()]
+    if specs:
+        check_lora_args(specs, args.model or 'embedded')
+    return meta
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
+    meta = check_sample_args(args)
     import warnings
     from .generation.generate import enhance_size, generate, upscale
     from .generation.image_io import load_image, load_mask, save_images
     from .generation.metadata import check_alpha_fits
-    meta = check_sample_args(args)
     quiet_libraries()
+    if args.prompt_file:
+        from .generation.batch import sample_prompt_file
+        return sample_prompt_file(args, given_params(args),
+                                  lambda device: pipeline_from_args(args, args.model or 'embedded', device))
     pipe = pipeline_from_args(args, args.model or 'embedded')
     p = params_from_args(args, pipe.base_side, meta)
     if p.loras:
@@ -288,6 +331,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         check_alpha_fits({**p.to_dict(), 'seed': p.seed + p.n_samples - 1, 'n_samples': 1}, p.width, p.height)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
+        from . import ignore_third_party_warnings
+        ignore_third_party_warnings()
         try:
             images = generate(pipe, p, init=init, mask=mask, progress=not args.quiet, limits=not args.no_size_limit)
         except FloatingPointError as e:
@@ -341,15 +386,43 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    if not 2 <= args.samples <= 256:
-        raise ValueError(f'--samples must be an integer in [2, 256] (the table shows a spread), got {args.samples}')
+    if args.prompts:
+        return print_known_prompts(args.model)
+    for opt, v, lo in (('--samples', args.samples, 2), ('--uncond-samples', args.uncond_samples, 2)):
+        if not lo <= v <= 256:
+            raise ValueError(f'{opt} must be an integer in [{lo}, 256] (the table shows a spread), got {v}')
     if not 1 <= args.steps <= 10_000:
         raise ValueError(f'--steps must be an integer in [1, 10000], got {args.steps}')
-    from .generation.demo import run_demo
     from .generation.image_io import prepare_out
     prepare_out(args.out)
+    import torch
+    from .generation.demo import run_demo
+    from .training.data.synthetic import mean_brightness
+    pipe = pipeline_from_args(args, args.model)
+    data = mean_brightness(json.loads(pipe.info.get('config', '{}')))
     run_demo(out=args.out, model=args.model, samples=args.samples, steps=args.steps,
-             pipe=pipeline_from_args(args, args.model))
+             uncond_samples=args.uncond_samples, pipe=pipe, data=None if data is None else torch.from_numpy(data))
+    return 0
+
+
+def print_known_prompts(model: str) -> int:
+    """`demo --prompts`: the captions of the model's synthetic training set (read from its config, no torch)."""
+    from safetensors import safe_open
+    from .generation.lookup import EMBEDDED
+    from .training.data.synthetic import caption_counts
+    path = EMBEDDED if model == 'embedded' else model
+    found = [p for p in (os.path.join(path, 'ema.safetensors'),) if os.path.isfile(p)]
+    if not found:
+        raise ValueError(f'--model {model}: not a trainer checkpoint folder (no ema.safetensors), so its '
+                         f'training prompts are unknown')
+    with safe_open(found[0], 'numpy') as f:
+        config = json.loads((f.metadata() or {}).get('config', '{}'))
+    prompts = caption_counts(config)
+    if not prompts:
+        raise ValueError(f'--model {model} was not trained on the synthetic set: its prompts are its own captions')
+    print(f'# {len(prompts)} captions of the training set of {model} (images per caption):')
+    for caption, count in prompts.items():
+        print(f'{caption}\t{count}')
     return 0
 
 
@@ -369,10 +442,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     from .training.command import DESCRIPTION, add_train_args
-    parser = argparse.ArgumentParser(prog='kdiff-ztsnr', description='Exact zero-terminal-SNR sampling and '
-                                     'training for v-prediction models on k-diffusion.')
+    parser = Parser(prog='kdiff-ztsnr', description='Exact zero-terminal-SNR sampling and '
+                    'training for v-prediction models on k-diffusion.')
+    parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     sub = parser.add_subparsers(dest='command', required=True)
+    parser.commands = sub.choices
     add_sample_args(sub.add_parser('sample', help='text-to-image, img2img, Enhance, inpainting'))
     p = sub.add_parser('inspect', help='print the generation parameters stored in a PNG, or (--model) what a '
                                        'model file says about itself')
@@ -389,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--model', default='embedded', help='model to sample')
     p.add_argument('--samples', type=int, default=8, help='seeds per row')
     p.add_argument('--steps', type=int, default=28, help='model calls per image')
+    p.add_argument('--uncond-samples', type=int, default=32, help='seeds of the unconditional histogram')
+    p.add_argument('--prompts', action='store_true', help='list the prompts the model was trained on, then exit')
+    p.add_argument('--quiet', action='store_true', help='no progress bars or status lines')
     add_device_args(p, sdxl=False)
     p = sub.add_parser('export-diffusers-config', help="the config folder diffusers' from_single_file(…, config=DIR) "
                                                        'needs to read a v-pred single file offline')
@@ -397,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--config', dest='model_config', default=None, help='a diffusers folder of non-stock configs')
     p.add_argument('--ztsnr-table', choices=('on', 'off'), default=None, help='override the scheduler\'s ZTSNR')
     p.add_argument('--overwrite', action='store_true', help='replace configs already in DIR')
-    add_train_args(sub.add_parser('train', help='train from a config (see examples/)', description=DESCRIPTION))
+    p = add_train_args(sub.add_parser('train', help='train from a config (see examples/)', description=DESCRIPTION))
+    p.add_argument('--quiet', action='store_true', help='no progress bars or status lines')
     return parser
 
 
@@ -415,6 +495,8 @@ def main(argv: Optional[list] = None) -> int:
     from .training.command import run_command
     args = build_parser().parse_args(argv)
     shown, warnings.showwarning = warnings.showwarning, show_warning
+    from .progress import set_quiet
+    set_quiet(getattr(args, 'quiet', False))
     try:
         return run_command(args.command, lambda: COMMANDS[args.command](args))
     finally:

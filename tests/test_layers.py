@@ -15,13 +15,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / 'kdiff_ztsnr'
 # the layer of each top-level module or sub-package, bottom first
 LAYERS = [
     ('core', {'schedules', 'denoisers', 'sampling', 'guidance', 'img2img', 'losses', 'oracle', 'schedule_policy',
-              'files', 'untrusted'}),
+              'files', 'untrusted', 'progress'}),
     ('text', {'text'}),
     ('models', {'models'}),
     ('generation', {'generation'}),
     ('training', {'training'}),
     ('integrations', {'integrations'}),
-    ('cli', {'cli', ''}),                 # '' = the package's own __init__ (it names every sub-package)
+    ('cli', {'cli', 'cli_parser', '__main__', ''}),     # '' = the package's own __init__ (it names every sub-package)
 ]
 RANK = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
 

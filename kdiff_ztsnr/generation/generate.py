@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .. import schedule_policy, schedules
+from ..progress import bar
 from ..denoisers import DiscreteVDenoiser
 from ..guidance import CFGDenoiser
 from ..img2img import img2img_start
@@ -137,11 +138,18 @@ def generate(pipe: Pipeline, p: GenerationParams, init: Optional[Tensor] = None,
     else:
         x = noise if math.isinf(sigmas[0]) else noise * sigmas[0]
     if len(sigmas) > 1:
-        x = SAMPLERS[p.sampler](denoiser, x, sigmas, extra_args={'cond': cond, 'uncond': uncond},
-                                disable=not progress, **sampler_kwargs(p, x, sigmas, gens, seeds))
+        with step_bar(len(sigmas) - 1, p.sampler, progress) as steps:   # every step, the one from ∞ included
+            x = SAMPLERS[p.sampler](denoiser, x, sigmas, extra_args={'cond': cond, 'uncond': uncond},
+                                    disable=True, callback=lambda info: steps.update(1),
+                                    **sampler_kwargs(p, x, sigmas, gens, seeds))
     if init is not None and mask is not None:
         x = m * x + (1 - m) * x0                       # keep the unmasked latents exactly
     return pipe.decode(x).clamp(-1, 1)
+
+
+def step_bar(total: int, sampler: str, progress: bool):
+    """The per-step bar: the schedule's steps as given (the exact step from ∞ counts as one)."""
+    return bar(total=total, desc=f'sampling ({sampler})', unit='step', disable=not progress, leave=False)
 
 
 def enhance_size(width: int, height: int, multiple: int, factor: float = 1.5) -> tuple[int, int]:

@@ -6,20 +6,24 @@ to its name only when complete, so an existing file is never overwritten and no 
 writing fails, every image is kept in a fresh temporary folder that the error names.
 """
 
+from __future__ import annotations
+
 import os
 import re
 import tempfile
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from .params import GenerationParams
+
+if TYPE_CHECKING:                       # torch is imported where a tensor is made: --out is checked without it
+    from torch import Tensor
 
 
 def load_image(path: str, width: int, height: int) -> Tensor:
     """An init image as [1, 3, H, W] in [−1, 1] at the canvas size (bicubic)."""
+    import torch
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as im:
@@ -101,7 +105,17 @@ def prepare_out(out: str) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix='.kdiff-ztsnr-probe-'):
             pass
     except OSError as e:
-        raise OSError(f'--out {out} is not a writable folder ({folder}: {e.strerror or e})') from e
+        raise OSError(f'--out {out} is not a writable folder: {write_failure(folder, e)}') from e
+
+
+def write_failure(folder: str, e: OSError) -> str:
+    """Why a file cannot be created in an existing folder, in words (the errno alone can mislead)."""
+    fs = mount_type(folder)
+    if fs in PSEUDO_FS:
+        return f'{folder} is on a {fs} filesystem, which holds no user files (choose a folder on a disk)'
+    reason = {13: 'permission denied', 30: 'the filesystem is read-only', 28: 'no space left on the device',
+              122: 'disk quota exceeded'}.get(e.errno, e.strerror or str(e))
+    return f'cannot create a file in {folder}: {reason}'
 
 
 def next_index(out: str) -> int:

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .. import progress
 from ..files import load_weights, save_weights
 from ..losses import sample_timesteps, v_loss
 from ..models.registry import CUSTOM_CODE_HINT, build_denoiser, build_model
@@ -296,22 +297,31 @@ class Trainer:
             (self.out_dir / 'config.json').write_text(json.dumps(self.config, indent=2))
         t0 = time.time()
         saved = self.step if resume is not None else -1
-        # a progress bar between the log lines (on a terminal, rank 0 only)
-        bar = tqdm(total=tc['steps'], initial=self.step, disable=None if self.accelerator.is_main_process else True,
-                   leave=False, unit='step')
+        # loss, it/s and ETA on rank 0; a line per checkpoint with its path
+        bar = progress.bar(total=tc['steps'], desc='training', unit='step',
+                           disable=not self.accelerator.is_main_process)
+        bar.update(self.step)
         while self.step < tc['steps']:
             metrics = self.train_step()
             self.check_loss(metrics['loss'])
             self.log(metrics, t0)
+            bar.set_postfix_str(f"loss {metrics['loss']:.4f}", refresh=False)
             bar.update(1)
             if tc.get('preview_every') and self.step % tc['preview_every'] == 0:
                 self.preview()
             if self.step % tc['checkpoint_every'] == 0:
-                self.save()
+                self.checkpoint()
                 saved = self.step
         bar.close()
         if saved != self.step:
-            self.save()
+            self.checkpoint()
         return self
+
+    def checkpoint(self) -> Path:
+        """save(), then one status line naming the checkpoint (rank 0)."""
+        path = self.save()
+        if self.accelerator.is_main_process:
+            progress.status(f'step {self.step}: checkpoint saved to {path}')
+        return path
 
 

@@ -167,3 +167,13 @@ def test_photo_witness_data_is_a_function_of_its_config():
     assert len(ims) == 64 and set(caps) & set(w.SOLID) and set(caps) - set(w.SOLID)
     bright = ims.mean(axis=(1, 2, 3))
     assert bright.min() == 0 and bright.max() == 1 and 0.1 < bright.std() < 0.5
+
+
+def test_time_to_error_smoke(tmp_path, capsys):
+    """benchmarks/time_to_error.py --smoke: each usage error is reached without importing torch."""
+    load('time_to_error').main(['--smoke', '--out', str(tmp_path)])
+    saved = json.loads((tmp_path / 'time_to_error.json').read_text())
+    rows = saved['rows']
+    assert '--steps 0' in rows and all(not r['after']['torch'] for r in rows.values())
+    assert rows['--steps 0']['after']['message'].startswith('error: steps (--steps)')
+    assert '|---|' in capsys.readouterr().out

@@ -155,11 +155,18 @@ def test_errors(ckpt, tmp_path, capsys):
 
 
 def test_demo_grid_and_table(ckpt, tmp_path, capsys):
-    run(['demo', '--model', ckpt, '--samples', 2, '--steps', 3, '--out', tmp_path])
+    """Two samplers x four prompts x three regimes in the table; the figure: large nearest-upscaled tiles on grey."""
+    from kdiff_ztsnr.generation import demo_figure as fig
+    run(['demo', '--model', ckpt, '--samples', 2, '--uncond-samples', 4, '--steps', 3, '--out', tmp_path, '--quiet'])
     out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(('euler_ancestral ', 'dpmpp_2m '))]
+    assert len(rows) == 2 * 4 * 3
     assert 'completely black' in out and 'clamp 20000' in out and 'sigma_max 14.6146' in out
-    grid = Image.open(tmp_path / 'regimes.png')
-    assert grid.size[1] == 15 * (16 + 2)                              # 5 prompts x 3 regimes
+    with Image.open(tmp_path / 'regimes.png') as im:
+        grid = np.asarray(im.convert('RGB'))
+    side = 16 * (fig.TILE // 16)                                       # 16-pixel images, upscaled x6
+    assert grid.shape[1] == fig.LABEL_W + 4 * (2 * side + fig.GAP + fig.GROUP_GAP)
+    assert (grid[-5, -5] == fig.GREY).all()                            # a neutral canvas, not white
 
 
 def test_schedule_names_are_the_policy_schedules():

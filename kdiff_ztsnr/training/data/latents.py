@@ -119,7 +119,10 @@ def cache_latents(dataset: ImageFolderDataset, encode: Callable[[Tensor], Tensor
     out.mkdir(parents=True, exist_ok=True)
     (out / STATS_FILE).unlink(missing_ok=True)  # no stats = incomplete cache
     g, welford, writer, skipped = torch.Generator().manual_seed(seed), Welford(), _ShardWriter(out, shard_size), 0
+    from ...progress import bar
+    images_bar = bar(total=int((dataset.bucket_idx >= 0).sum()), desc='caching latents', unit='image')
     for idx in _bucket_batches(dataset.bucket_idx, batch_size):
+        images_bar.update(len(idx))
         w, h = dataset.buckets[dataset.bucket_idx[idx[0]]].tolist()
         items = [dataset.load(int(i), w, h, g) for i in idx]
         ok = [it for it in items if it['image'] is not None]
@@ -135,6 +138,7 @@ def cache_latents(dataset: ImageFolderDataset, encode: Callable[[Tensor], Tensor
                         'size': dataset.sizes[i].tolist(), 'tags': it['tags'],
                         'original_size': list(it.get('original_size', (h, w))), 'crop': list(it.get('crop', (0, 0)))},
                        zi.to(dtype))
+    images_bar.close()
     writer.flush()
     for stale in out.glob('shard-*.safetensors'):
         if int(stale.stem.split('-')[1]) >= writer.n_shards:

@@ -72,3 +72,33 @@ def make_synthetic_dataset(root: Union[str, Path], n: int = 64, sizes: Sequence[
         (root / f'{i:05d}.txt').write_text(', '.join(scene['tags']) + '\n', encoding='utf-8')
     manifest.write_text(json.dumps(spec))
     return root
+
+
+def synthetic_spec(config: dict):
+    """The synthetic-set spec of a training config, or None when the model was trained on other data."""
+    ds = config.get('dataset') if isinstance(config, dict) else None
+    if not isinstance(ds, dict) or ds.get('type') != 'synthetic':
+        return None
+    return ds.get('synthetic') or {}
+
+
+def caption_counts(config: dict) -> dict:
+    """{caption: images} of the synthetic training set a config describes (empty for other data)."""
+    from collections import Counter
+    syn = synthetic_spec(config)
+    if syn is None:
+        return {}
+    seed, solid = int(syn.get('seed', 0)), float(syn.get('solid_fraction', 0.25))
+    counts = Counter(', '.join(synthetic_caption(i, seed, solid)['tags']) for i in range(int(syn.get('n', 64))))
+    return dict(sorted(counts.items(), key=lambda kv: (not kv[0].startswith('completely'), kv[0])))
+
+
+def mean_brightness(config: dict):
+    """Mean brightness in [0, 1] of every image of the synthetic set a config describes (None for other data)."""
+    syn = synthetic_spec(config)
+    if syn is None:
+        return None
+    n, sizes = int(syn.get('n', 64)), syn.get('sizes') or [[32, 32]]
+    seed, solid = int(syn.get('seed', 0)), float(syn.get('solid_fraction', 0.25))
+    return np.array([np.asarray(render(synthetic_caption(i, seed, solid), tuple(sizes[i % len(sizes)])),
+                                dtype=np.float64).mean() / 255. for i in range(n)])
