@@ -48,7 +48,8 @@ class ZTSNRScheduler(SchedulerMixin, ConfigMixin):
                  schedule: str = 'recommended',          # the package's: native | karras | exponential | …
                  eta: float = 1.,                        # ancestral η (the pipeline's own `eta` is not used)
                  s_noise: float = 1.,
-                 sigma_data: float = 1.):
+                 sigma_data: float = 1.,
+                 quantize_timesteps: bool = False):      # integer timesteps, as ComfyUI / A1111 feed them
         if prediction_type != 'v_prediction':
             raise ValueError(f"ZTSNRScheduler samples v-prediction models only, got prediction_type={prediction_type!r}")
         if not rescale_betas_zero_snr:
@@ -109,7 +110,8 @@ class ZTSNRScheduler(SchedulerMixin, ConfigMixin):
             s = torch.cat([s, s.new_zeros([1])])
         schedules.validate_sigmas(s)
         self.sigmas = s.float().to(device)
-        self.timesteps = self.table.sigma_to_t(self.sigmas[:-1].cpu()).float().to(device)
+        t = self.table.sigma_to_t(self.sigmas[:-1].cpu(), quantize=self.config.quantize_timesteps)
+        self.timesteps = t.float().to(device)
         self.num_inference_steps = len(self.timesteps)
         self._step_index = self._begin_index = None
         self._old_denoised = None
