@@ -39,12 +39,25 @@ def module_dtype(module: nn.Module, default: torch.dtype = torch.float32) -> tor
     return default
 
 
+def _bracket(log_table: Tensor, log_sigma: Tensor) -> Tensor:
+    """The index i of the ascending log-σ table with table[i] ≤ log σ < table[i + 1], clamped to [0, T−2]."""
+    low = torch.searchsorted(log_table, log_sigma.reshape(-1), right=True) - 1
+    return low.clamp(0, len(log_table) - 2).view(log_sigma.shape)
+
+
 def interpolated_index(log_table: Tensor, log_sigma: Tensor) -> Tensor:
     """The fractional index of log σ in an ascending log-σ table, linear between entries, clamped to its ends."""
-    low = (torch.searchsorted(log_table, log_sigma.reshape(-1), right=True) - 1).clamp(0, len(log_table) - 2)
-    low = low.view(log_sigma.shape)
+    low = _bracket(log_table, log_sigma)
     w = ((log_sigma - log_table[low]) / (log_table[low + 1] - log_table[low])).clamp(0, 1)
     return low + w
+
+
+def nearest_index(log_table: Tensor, log_sigma: Tensor) -> Tensor:
+    """The nearest entry in log σ (the lower one on a tie), as k-diffusion's DiscreteSchedule quantize."""
+    low = _bracket(log_table, log_sigma)
+    lo, hi = log_table[low], log_table[low + 1]
+    up = ((hi - log_sigma).abs() < (log_sigma - lo).abs()) | (log_sigma > hi)
+    return low + up.long()
 
 
 class VPreconditioner(nn.Module):
@@ -135,7 +148,7 @@ class DiscreteVDenoiser(VPreconditioner, external.DiscreteSchedule):
                              f'σ={self.sigmas[-1].item():.6g}: the model was never trained at σ=∞, start from '
                              f'its get_sigmas() instead')
         if quantize:
-            return interpolated_index(self.log_host, sigma.log()).round().long()
+            return nearest_index(self.log_host, sigma.log())
         t = interpolated_index(self.log_finite, sigma.log())
         top = sigma > self.sigma_top
         if self.n_finite < len(self.sigmas) and top.any():                      # ∞ on top: the √ᾱ ramp

@@ -26,6 +26,7 @@ MAX_ALPHA_PIXELS = 1 << 26             # larger images are not decoded for alpha
 A1111_KEYS = {'steps': 'Steps', 'sampler': 'Sampler', 'noise_schedule': 'Schedule type', 'scale': 'CFG scale',
               'seed': 'Seed', 'model': 'Model', 'strength': 'Denoising strength', 'cfg_rescale': 'CFG rescale',
               'ztsnr': 'ZTSNR', 'sigma_max': 'Sigma max', 'resolution_aware': 'Resolution-aware sigma', 'eta': 'Eta',
+              'quantize_timesteps': 'Integer timesteps',
               'n_samples': 'Batch size', 'loras': 'LoRAs'}   # LoRAs: [[file, weight], …] as JSON (ours)
 # A1111/Forge sampler and "Schedule type" names (what they, Civitai and A1111's PNG Info read back).
 A1111_SAMPLERS = {'euler': 'Euler', 'euler_ancestral': 'Euler a', 'heun': 'Heun', 'dpm_2': 'DPM2',
