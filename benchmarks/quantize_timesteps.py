@@ -9,9 +9,12 @@ the mean and max over samples).
 
     python benchmarks/quantize_timesteps.py              # benchmarks/results/quantize_timesteps.{md,json}
     python benchmarks/quantize_timesteps.py --smoke      # a few samples and steps
+    python benchmarks/quantize_timesteps.py --samplers euler --out A; … --samplers dpmpp_2m --out B
+    python benchmarks/quantize_timesteps.py --merge A/quantize_timesteps.json B/quantize_timesteps.json
 """
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -75,23 +78,45 @@ def main(argv=None) -> dict:
     a.add_argument('--steps', type=int, default=28)
     a.add_argument('--seed', type=int, default=0)
     a.add_argument('--smoke', action='store_true', help='2 samples, 4 steps, 2 samplers')
+    a.add_argument('--samplers', nargs='+', default=list(SAMPLERS), choices=SAMPLERS)
+    a.add_argument('--merge', nargs='+', default=None, metavar='JSON',
+                   help='write one table from the rows of these runs (e.g. one per sampler, run in parallel)')
     a.add_argument('--out', default=None, help='output folder (default: benchmarks/results)')
     args = a.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     if args.smoke:
         args.n, args.n_uncond, args.steps = 2, 2, 4
     torch.set_num_threads(max(1, torch.get_num_threads()))
     subject, tasks, floors = trained.subject_and_tasks(args.model, args.n, args.n_uncond, (5.,))
-    samplers = SAMPLERS[:2] if args.smoke else SAMPLERS
+    samplers = SAMPLERS[:2] if args.smoke else args.samplers
     t0 = time.perf_counter()
     rows = run(subject, tasks, samplers, args.steps, args.seed, print)
     head = (f'Integer vs interpolated timesteps on {subject.describe()}; {args.steps} steps, the recommended '
-            f'schedule per sampler, seeds {args.seed}…; {time.perf_counter() - t0:.0f} s.\n'
-            f'Unconditional floor: a perfect sampler with n={args.n_uncond} scores W1 '
-            + ', '.join(f'{f["w1"]:.4f}' for f in floors.values()) + '.\n\n')
-    text = head + table(rows)
+            f'schedule per sampler, seeds {args.seed}…, n = {args.n} per solid colour, {args.n_uncond} '
+            f'unconditional. Unconditional floor: a perfect sampler with n={args.n_uncond} scores W1 '
+            + ', '.join(f'{f["w1"]:.4f}' for f in floors.values()) + '.')
+    payload = {'args': vars(args), 'head': head, 'seconds': time.perf_counter() - t0, 'rows': rows,
+               'floors': {t.label: f for t, f in floors.items()}}
+    write(payload, args.out)
+    return payload
+
+
+def write(payload: dict, out) -> None:
+    text = payload['head'] + '\n\n' + table(payload['rows'])
     print(text)
-    payload = {'args': vars(args), 'rows': rows, 'floors': {t.label: f for t, f in floors.items()}}
-    common.write_outputs(common.out_dir(args.out), 'quantize_timesteps', text, payload)
+    common.write_outputs(common.out_dir(out), 'quantize_timesteps', text, payload)
+
+
+def merge(paths, out) -> dict:
+    """One table from the rows of several runs with the same settings but different --samplers."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    payload = {'args': runs[0]['args'], 'head': runs[0]['head'] + f' Merged from {len(runs)} runs (samplers '
+               + '; '.join(', '.join(r['args']['samplers']) for r in runs) + ', run in parallel: '
+               + ', '.join(f'{r["seconds"]:.0f}' for r in runs) + ' s).',
+               'seconds': [r['seconds'] for r in runs], 'rows': [row for r in runs for row in r['rows']],
+               'floors': runs[0]['floors']}
+    write(payload, out)
     return payload
 
 

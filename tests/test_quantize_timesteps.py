@@ -99,3 +99,6 @@ def test_benchmark_smoke(tmp_path, capsys):
     assert {r['quantize'] for r in rows} == {False, True} and len({r['sampler'] for r in rows}) == 2
     assert all(0 <= r['rel_diff_mean'] <= r['rel_diff_max'] for r in rows)
     assert '|---|' in (tmp_path / 'quantize_timesteps.md').read_text() and '|---|' in capsys.readouterr().out
+    saved = str(tmp_path / 'quantize_timesteps.json')
+    merged = quantize_timesteps.main(['--merge', saved, saved, '--out', str(tmp_path / 'merged')])
+    assert merged['rows'] == rows + rows and 'Merged from 2 runs' in merged['head']

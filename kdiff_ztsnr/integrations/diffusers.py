@@ -49,7 +49,7 @@ class ZTSNRScheduler(SchedulerMixin, ConfigMixin):
                  eta: float = 1.,                        # ancestral η (the pipeline's own `eta` is not used)
                  s_noise: float = 1.,
                  sigma_data: float = 1.,
-                 quantize_timesteps: bool = False):      # integer timesteps, as ComfyUI / A1111 feed them
+                 quantize_timesteps: bool = False):      # integer t, as ComfyUI / A1111 feed them
         if prediction_type != 'v_prediction':
             raise ValueError(f"ZTSNRScheduler samples v-prediction models only, got prediction_type={prediction_type!r}")
         if not rescale_betas_zero_snr:

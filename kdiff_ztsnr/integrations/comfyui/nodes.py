@@ -19,7 +19,9 @@ class ZTSNRSamplerSelect:
     FUNCTION = 'get_sampler'
     CATEGORY = CATEGORY
     DESCRIPTION = ('The exact first step from sigma = inf (NAI Diffusion V3 report, appendix A) for v-prediction '
-                   'zero-terminal-SNR models, then the chosen k-diffusion sampler.')
+                   'zero-terminal-SNR models, then the chosen k-diffusion sampler. Ancestral noise continues the '
+                   'noise seed\'s CPU stream after the initial noise (SDE: a Brownian tree from the seed); '
+                   'v-prediction models only.')
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
