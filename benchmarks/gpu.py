@@ -24,7 +24,7 @@ from kdiff_ztsnr import schedules
 from kdiff_ztsnr.generation.generate import generate, sample_noise
 from kdiff_ztsnr.generation.params import GenerationParams
 from kdiff_ztsnr.models import alphas_cumprod_for, sdxl
-from kdiff_ztsnr.models.sdxl.train import tiny_component_configs
+from benchmarks.subjects import tiny_sdxl_configs
 
 
 
@@ -33,7 +33,7 @@ def random_components(smoke: bool, dtype: torch.dtype, device: torch.device) -> 
     torch.manual_seed(0)
     out = {}
     for c in sdxl.COMPONENTS:
-        cfg = tiny_component_configs()[c] if smoke else sdxl.component_config(None, c)
+        cfg = tiny_sdxl_configs()[c] if smoke else sdxl.component_config(None, c)
         model = sdxl.build_component(c, cfg, empty=True)
         for mod in model.modules():
             for name, p in list(mod._parameters.items()):

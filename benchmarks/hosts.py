@@ -36,11 +36,11 @@ PROMPT, UC, SCALE, RESCALE, SIDE = 'a cat', 'lowres', 5., 0.7, 64
 
 
 def tiny_sdxl():
-    """A tiny SDXL-architecture ZTSNR model with random weights (the shapes of tests/test_sdxl.py's)."""
+    """A tiny SDXL-architecture ZTSNR model with random weights (the shapes of tests/models/test_sdxl.py's)."""
     from kdiff_ztsnr.models import alphas_cumprod_for, sdxl
     from kdiff_ztsnr.text import TextConditioner
-    from kdiff_ztsnr.models.sdxl.train import tiny_component_configs
-    cfg = tiny_component_configs()
+    from benchmarks.subjects import tiny_sdxl_configs
+    cfg = tiny_sdxl_configs()
     torch.manual_seed(0)
     m = {c: sdxl.build_component(c, cfg[c]) for c in sdxl.COMPONENTS}
     text = TextConditioner([m['text_encoder'], m['text_encoder_2']], sdxl.sdxl_tokenizers())

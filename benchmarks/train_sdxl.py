@@ -23,12 +23,12 @@ from benchmarks import common
 from kdiff_ztsnr import schedules
 from kdiff_ztsnr.losses import min_snr_weight
 from kdiff_ztsnr.models import alphas_cumprod_for, sdxl
-from kdiff_ztsnr.models.sdxl.train import tiny_component_configs
+from benchmarks.subjects import tiny_sdxl_configs
 from kdiff_ztsnr.text import TextConditioner
 from kdiff_ztsnr.training.data.images import ImageFolderDataset
 from kdiff_ztsnr.training.data.synthetic import make_synthetic_dataset
 
-TINY = tiny_component_configs()
+TINY = tiny_sdxl_configs()
 BUCKETS = {'max_area': 64 * 64, 'max_side': 64, 'min_side': 64, 'step': 64, 'extra': [[64, 64]]}
 
 

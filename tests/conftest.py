@@ -1,5 +1,4 @@
 import math
-from typing import Optional
 
 import pytest
 import torch
@@ -29,76 +28,6 @@ def clamped(data, ztsnr_ac):
 
 
 INF = math.inf
-
-
-def train_tiny_checkpoint(out, n: int = 8, solid_fraction: float = 0.25):
-    """A trainer checkpoint after 2 steps on a 16×16 synthetic set: plumbing for CLI and benchmark tests."""
-    from accelerate.state import AcceleratorState, GradientState
-    from kdiff_ztsnr import training
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    config = {'model': {'type': 'image_v1', 'input_channels': 3, 'mapping_out': 16, 'depths': [1, 1],
-                        'channels': [8, 16], 'self_attn_depths': [False, True], 'sigma_data': 0.5},
-              'dataset': {'type': 'synthetic', 'location': str(out / 'data'),
-                          'buckets': {'max_area': 256, 'max_side': 32, 'min_side': 16, 'step': 16, 'extra': [[16, 16]]},
-                          'synthetic': {'n': n, 'sizes': [[16, 16]], 'seed': 0, 'solid_fraction': solid_fraction}},
-              'text': {'encoders': [{'hidden_size': 16, 'intermediate_size': 32, 'num_hidden_layers': 1,
-                                     'num_attention_heads': 2, 'projection_dim': 8}]},
-              'training': {'steps': 2, 'batch_size': 4, 'out_dir': str(out), 'cpu': True, 'checkpoint_every': 1000,
-                           'log_every': 1000, 'threads': 1}}
-    training.Trainer(config).run()
-    return out
-
-
-# ------------------------------------------------------------------------------- tiny SDXL (shared)
-
-def _tiny_sdxl_configs() -> dict:
-    from kdiff_ztsnr.models.sdxl.train import tiny_component_configs
-    return tiny_component_configs()
-
-
-TINY = _tiny_sdxl_configs()      # SDXL-shaped components small enough for CPU tests
-TINY_KW = {f'{c}_config': TINY[c] for c in TINY}
-
-
-def comfy_tiny_configs() -> dict:
-    """TINY reshaped to what ComfyUI's SDXL code hard-codes: GroupNorm(32, ·) (channels multiples of 32), the
-    Timestep(256) size embedding, a square bigG text projection (pooled = hidden size)."""
-    c = {k: dict(v) for k, v in TINY.items()}
-    g = c['text_encoder_2']['hidden_size']
-    c['unet'].update(block_out_channels=[32, 64, 64], norm_num_groups=32, addition_time_embed_dim=256,
-                     projection_class_embeddings_input_dim=g + 6 * 256)
-    c['text_encoder_2'].update(projection_dim=g)
-    return c
-
-
-def tiny_pipeline(zero_terminal_snr: bool = True, configs: Optional[dict] = None):
-    """A randomly initialised (seed 0) tiny SDXL as the package's Pipeline (configs: default TINY)."""
-    import torch
-    from kdiff_ztsnr.models import alphas_cumprod_for, sdxl
-    from kdiff_ztsnr.text import TextConditioner
-    torch.manual_seed(0)
-    m = {c: sdxl.build_component(c, (configs or TINY)[c]) for c in sdxl.COMPONENTS}
-    text = TextConditioner([m['text_encoder'], m['text_encoder_2']], sdxl.sdxl_tokenizers())
-    mean, std = sdxl.latent_stats_for(m['vae'])
-    return sdxl.sdxl_pipeline(m['unet'], m['vae'], text, alphas_cumprod_for(zero_terminal_snr), mean, std,
-                              {'name': 'tiny'})
-
-
-def write_tiny_sdxl(root, configs: Optional[dict] = None, folder: bool = True) -> dict:
-    """tiny_pipeline(configs=configs) written as a diffusers folder (unless folder=False), an SGM single file with
-    the v_pred/ztsnr markers, and the same file without markers (an ε-looking or community file):
-    {'pipe', 'root', 'folder', 'file', 'nomarkers'}."""
-    from safetensors.torch import load_file, save_file
-    from kdiff_ztsnr.models import sdxl
-    pipe = tiny_pipeline(configs=configs)
-    if folder:
-        sdxl.save_pretrained(pipe, root / 'folder')
-    sdxl.save_single_file(pipe, root / 'tiny.safetensors')
-    sd = {k: v for k, v in load_file(str(root / 'tiny.safetensors')).items() if k not in ('v_pred', 'ztsnr')}
-    save_file(sd, str(root / 'nomarkers.safetensors'))
-    return {'pipe': pipe, 'root': root, 'folder': root / 'folder', 'file': root / 'tiny.safetensors',
-            'nomarkers': root / 'nomarkers.safetensors'}
 
 
 @pytest.fixture

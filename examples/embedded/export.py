@@ -11,7 +11,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from kdiff_ztsnr.models.checkpoint import resolve_checkpoint
+from kdiff_ztsnr.models.trained import resolve_checkpoint
 
 
 def export(src: str, dst: str) -> None:

@@ -1,12 +1,13 @@
-"""Generation: the one `Pipeline`, `load_pipeline`, `generate` (txt2img, img2img, Enhance, inpainting), parameters
-and their validation (`params`, torch-free), schedule choice (`make_sigmas`), image files and PNG metadata.
+"""Generation from the one `Pipeline` (`models.bundle`, re-exported here): `load_pipeline`, `generate` (txt2img,
+img2img, Enhance, inpainting), parameters and their validation (`params`, torch-free), schedule choice
+(`make_sigmas`), image files and PNG metadata.
 
 Names are imported lazily, so that the command line can read `params` without importing torch.
 """
 
 import importlib
 
-_EXPORTS = {'Pipeline': 'pipeline', 'load_pipeline': 'loading', 'generate': 'generate', 'make_sigmas': 'generate',
+_EXPORTS = {'Pipeline': '.models.bundle', 'load_pipeline': 'lookup', 'generate': 'generate', 'make_sigmas': 'generate',
             'GenerationParams': 'params', 'check_params': 'params', 'read_metadata': 'metadata',
             'save_png': 'metadata'}
 

@@ -60,7 +60,7 @@ def save_grid(results: dict, path: str) -> None:
 
 def run_demo(out: str = 'out/demo', model: str = 'embedded', samples: int = 8, steps: int = 28,
              pipe: Optional[object] = None) -> dict:
-    from .loading import load_pipeline
+    from .lookup import load_pipeline
     pipe = load_pipeline(model) if pipe is None else pipe
     results = regime_table(pipe, samples=samples, steps=steps)
     print(f'{"prompt":32s} {"regime":18s} {"mean brightness":>16s} {"spread":>8s}')

@@ -18,7 +18,7 @@ from ..guidance import CFGDenoiser
 from ..img2img import img2img_start
 from ..sampling import SAMPLERS, BrownianTreeNoiseSampler
 from .params import GenerationParams, check_params
-from .pipeline import Pipeline
+from ..models.bundle import Pipeline
 
 BROWNIAN = {'dpmpp_sde', 'dpmpp_2m_sde', 'dpmpp_3m_sde'}
 # The package default, per sampler: kdiff_ztsnr/schedule_policy.py (measured in benchmarks/schedule_study.py).

@@ -1,73 +1,25 @@
-"""Inner v networks ``(x_in, t, **cond) -> v`` and the ᾱ table they are trained on (report §2.2).
+"""Inner v networks ``(x_in, t, **cond) -> v``, the ᾱ table they are trained on (report §2.2) and the bundle a
+generator needs (`bundle.Pipeline`).
 
 ``build_model(config)`` builds the network of a k-diffusion-style config's ``model`` section (``type`` ∈
-MODEL_TYPES); ``build_denoiser(config)`` wraps it in ``DiscreteVDenoiser``; ``alphas_cumprod_for`` is the one
-place that decides a model's ᾱ table. ``models.sdxl`` holds the SDXL architecture, ``models.checkpoint`` the
-trained-model file format.
+MODEL_TYPES, `registry`); ``build_denoiser(config)`` wraps it in ``DiscreteVDenoiser``; ``alphas_cumprod_for``
+(`alphas`) is the one place that decides a model's ᾱ table. ``models.sdxl`` holds the SDXL architecture,
+``models.trained`` the trained-model file format.
+
+Names are imported lazily, so that importing a submodule does not import the others.
 """
 
-import pkgutil
-from typing import Callable, Optional
+import importlib
 
-from torch import Tensor, nn
-
-from .. import schedules
-from ..denoisers import DiscreteVDenoiser
+_EXPORTS = {'alphas_cumprod_for': 'alphas', 'build_model': 'registry', 'build_denoiser': 'registry',
+            'build_module': 'registry', 'MODEL_TYPES': 'registry', 'Pipeline': 'bundle'}
 
 
-def alphas_cumprod_for(zero_terminal_snr: bool = True, scheduler_config: Optional[dict] = None) -> Tensor:
-    """ᾱ table: SDXL's scaled-linear betas (or a diffusers scheduler config's), rescaled to zero terminal SNR
-    (Lin et al.; report §2.2) if asked. float64."""
-    c = scheduler_config or {}
-    if c.get('beta_schedule', 'scaled_linear') != 'scaled_linear':
-        raise ValueError(f'unsupported beta_schedule {c["beta_schedule"]!r} (SDXL uses scaled_linear)')
-    betas = schedules.scaled_linear_betas(c.get('num_train_timesteps', schedules.NUM_TIMESTEPS),
-                                          c.get('beta_start', schedules.SDXL_BETA_START),
-                                          c.get('beta_end', schedules.SDXL_BETA_END))
-    ac = schedules.alphas_cumprod(betas)
-    return schedules.rescale_zero_terminal_snr(ac) if zero_terminal_snr else ac
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f'.{_EXPORTS[name]}', __name__), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
-def build_module(model_config: dict) -> nn.Module:
-    """Any network following the inner-model contract: ``{'type': 'module', 'target': 'pkg.mod:Factory',
-    'kwargs': {...}}`` → Factory(**kwargs)."""
-    target = model_config['target']
-    if ':' not in target:
-        raise ValueError(f"model.target: expected 'module:attr', got {target!r}")
-    return pkgutil.resolve_name(target)(**model_config.get('kwargs', {}))
-
-
-def _image_v1(model_config: dict) -> nn.Module:
-    from .image_v1 import build_image_v1
-    return build_image_v1(model_config)
-
-
-def _sdxl(model_config: dict) -> nn.Module:
-    from .sdxl.train import build_sdxl_inner
-    return build_sdxl_inner(model_config)
-
-
-MODEL_TYPES: dict[str, Callable[[dict], nn.Module]] = {
-    'image_v1': _image_v1,
-    'module': build_module,
-    'sdxl': _sdxl,                # SDXL-architecture UNet from model.path or model.components
-}
-
-
-def build_model(config: dict) -> nn.Module:
-    """The inner v network of a config (``config['model']['type']`` ∈ MODEL_TYPES)."""
-    model_config = config['model']
-    if model_config['type'] not in MODEL_TYPES:
-        raise ValueError(f"unknown model type {model_config['type']!r}; expected one of {sorted(MODEL_TYPES)}")
-    return MODEL_TYPES[model_config['type']](model_config)
-
-
-def build_denoiser(config: dict, inner_model: Optional[nn.Module] = None) -> DiscreteVDenoiser:
-    """DiscreteVDenoiser around build_model(config) on SDXL's ᾱ, rescaled to zero terminal SNR unless
-    ``model.zero_terminal_snr`` is false (report §2.2); ``model.sigma_max`` clamps it (report A.2)."""
-    mc = config['model']
-    ac = alphas_cumprod_for(mc.get('zero_terminal_snr', True))
-    inner_model = build_model(config) if inner_model is None else inner_model
-    sigma_max = mc.get('sigma_max')
-    return DiscreteVDenoiser(inner_model, ac, sigma_max=None if sigma_max is None else float(sigma_max),
-                             sigma_data=mc.get('sigma_data', 1.))
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

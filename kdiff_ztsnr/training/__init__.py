@@ -1,13 +1,13 @@
 """Training v-prediction ZTSNR models on k-diffusion's pieces (report §2.2, §4): `config` (defaults and
 loading), `data` (image folders, buckets, tags, synthetic set, latent cache, the batch source), `optim`
-(optimizer, LR and EMA schedules), `checkpoint` (training state), `trainer`, `cli`.
+(optimizer, LR and EMA schedules), `checkpoint` (training state), `trainer`, `command` (the train command).
 
 Names are imported lazily, so that the command line can build its parser without importing torch.
 """
 
 import importlib
 
-_EXPORTS = {'Trainer': 'trainer', 'train_main': 'cli', 'DEFAULTS': 'config', 'load_training_config': 'config',
+_EXPORTS = {'Trainer': 'trainer', 'train_main': 'command', 'DEFAULTS': 'config', 'load_training_config': 'config',
             'resolve_text_dims': 'config'}
 
 

@@ -1,3 +1,3 @@
-from .cli import train_main
+from .command import train_main
 
 raise SystemExit(train_main())

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.checkpoint import atomic_write
+from ..files import atomic_write
 
 
 def atomic_torch_save(obj, path: Path) -> None:

@@ -113,7 +113,7 @@ def load_training_config(config: Union[str, os.PathLike, dict]) -> dict:
 
 def read_checkpoint_config(path: Path) -> str:
     """The ``config`` JSON in a safetensors file's metadata (errors name the file)."""
-    from ..models.checkpoint import read_metadata
+    from ..models.trained import read_metadata
     return json.dumps(read_metadata(path)['config'])
 
 

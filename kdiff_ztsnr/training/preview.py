@@ -53,7 +53,7 @@ def preview_grid(pipeline, preview_config: dict, size: tuple[int, int], out_path
     """Sample every (prompt, seed) from σ = ∞ with the exact sampler; one PNG grid (rows = prompts) with
     the parameters and each cell's mean brightness as metadata."""
     from ..generation.generate import generate as default_generate
-    from ..generation.images import to_pil
+    from ..generation.image_io import to_pil
     from ..generation.params import GenerationParams
     from PIL import PngImagePlugin
     pc = {**PREVIEW_DEFAULTS, **(preview_config or {})}

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from ..models.checkpoint import atomic_write
+from ..files import atomic_write
 
 RUN_FILES = ('config.json', 'metrics.jsonl', 'latest')
 CHECKPOINT = re.compile(r'^checkpoint-(\d+)$')

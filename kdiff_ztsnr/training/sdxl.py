@@ -24,13 +24,13 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..models import alphas_cumprod_for
+from ..models.alphas import alphas_cumprod_for
 from ..models.sdxl import latent_stats_for, save_pretrained, save_single_file, sdxl_pipeline, time_ids
-from ..models.sdxl.train import load_parts, text_options
+from ..models.sdxl.parts import load_parts, text_options
 from ..models.sdxl.unet import SDXLUNetInner
 from ..models.sdxl.vae import normalize, vae_encode, vae_factor
 from ..text import TextConditioner
-from .lora import add_lora, lora_options, merge_lora, save_kohya_lora
+from .adapters import add_lora, lora_options, merge_lora, save_kohya_lora
 
 CACHE_SUBDIR = 'latents'
 

@@ -32,9 +32,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..files import load_weights, save_weights
 from ..losses import sample_timesteps, v_loss
-from ..models import build_denoiser, build_model
-from ..models.checkpoint import load_weights, read_metadata, resolve_checkpoint, save_weights
+from ..models.registry import build_denoiser, build_model
+from ..models.trained import read_metadata, resolve_checkpoint
 from ..text import CachedText, build_text
 from . import runs
 from .checkpoint import atomic_torch_save, rng_state, safe_torch_load, set_rng_state

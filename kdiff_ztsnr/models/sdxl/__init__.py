@@ -1,6 +1,6 @@
 """SDXL-architecture v-prediction ZTSNR models: configs, key layouts, UNet/VAE adaptors, loading, saving."""
 
-from .config import BASE_SIDE, COMPONENTS, SGM_PREFIXES, build_component, component_config
+from .components import BASE_SIDE, COMPONENTS, SGM_PREFIXES, build_component, component_config
 from .keys import CheckpointError, component_to_sgm, diffusers_state_dicts, sgm_state_dict
 from .loading import inspect_model, load_sdxl, read_checkpoint, sdxl_tokenizers
 from .pipeline import sdxl_pipeline, to_diffusers

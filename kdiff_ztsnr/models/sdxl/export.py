@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from .config import COMPONENTS, PathLike, component_config
+from .components import COMPONENTS, PathLike, component_config
 from .prediction import markers, scheduler_config
 from .saving import MODEL_INDEX
 

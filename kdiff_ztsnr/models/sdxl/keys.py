@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .config import COMPONENTS, SGM_PREFIXES, build_component
+from .components import COMPONENTS, SGM_PREFIXES, build_component
 
 
 class CheckpointError(ValueError):

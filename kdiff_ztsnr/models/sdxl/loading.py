@@ -20,10 +20,11 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ...generation.pipeline import Pipeline
+from ...files import load_safetensors
 from ...text import TextConditioner, get_tokenizer
-from .. import alphas_cumprod_for
-from .config import COMPONENTS, SGM_PREFIXES, ConfigLike, PathLike, build_component, component_config
+from ..alphas import alphas_cumprod_for
+from ..bundle import Pipeline
+from .components import COMPONENTS, SGM_PREFIXES, ConfigLike, PathLike, build_component, component_config
 from .keys import CheckpointError, convert_component, sgm_key_fn
 from .pipeline import sdxl_pipeline
 from .prediction import describe, markers, resolve_prediction
@@ -84,7 +85,6 @@ def read_checkpoint(path: PathLike) -> dict[str, Tensor]:
     """A single-file state dict (.safetensors; .ckpt/.pt through torch.load(weights_only=True))."""
     path = Path(path)
     if path.suffix == '.safetensors':
-        from ..checkpoint import load_safetensors
         return load_safetensors(path)
     sd = torch.load(path, map_location='cpu', weights_only=True)
     return sd.get('state_dict', sd)

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 
 from torch import nn
 
-from ...generation.pipeline import Pipeline
+from ..bundle import Pipeline
 
 LoraSpec = tuple[Union[str, os.PathLike], float]
 

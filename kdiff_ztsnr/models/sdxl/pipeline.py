@@ -5,9 +5,9 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from ...generation.pipeline import Pipeline
 from ...text import TextConditioner
-from .config import BASE_SIDE
+from ..bundle import Pipeline
+from .components import BASE_SIDE
 from .unet import SDXLUNetInner, time_ids
 from .vae import vae_decode, vae_encode, vae_factor
 

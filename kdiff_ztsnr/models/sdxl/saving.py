@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ...generation.pipeline import Pipeline
-from .config import PathLike
+from ..bundle import Pipeline
+from .components import PathLike
 from .keys import sgm_state_dict
 from .prediction import scheduler_config
 

@@ -1,0 +1,138 @@
+"""Smoke runs of every benchmark (``python benchmarks/NAME.py --smoke``), in-process: each completes and
+writes its table (NAME.md, NAME.json) and plot (NAME.png) — into a temporary folder, not benchmarks/results."""
+
+import importlib
+import json
+
+import pytest
+
+
+def load(name):
+    return importlib.import_module(f'benchmarks.{name}')
+
+
+@pytest.mark.filterwarnings('ignore:Should have tb')      # torchsde round-off inside k-diffusion's Brownian tree
+@pytest.mark.parametrize('name', ['regimes', 'resolution', 'schedules', 'performance'])
+def test_benchmark_smoke(name, tmp_path, capsys):
+    payload = load(name).main(['--smoke', '--out', str(tmp_path)] + (['--profile'] if name == 'performance' else []))
+    for ext in ('md', 'json', 'png'):
+        assert (tmp_path / f'{name}.{ext}').stat().st_size > 0
+    table = (tmp_path / f'{name}.md').read_text()
+    assert '|---|' in table and 'cores' in table
+    saved = json.loads((tmp_path / f'{name}.json').read_text())
+    assert saved['machine']['torch'] and payload
+    assert '|---|' in capsys.readouterr().out            # the table is printed too
+
+
+def test_regimes_reduced_coordinates_are_exact():
+    """The benchmarks' reduced-coordinate oracle reproduces the full-dimensional run (common.ReducedSpace)."""
+    common = load('common')
+    from kdiff_ztsnr import sampling
+    from kdiff_ztsnr.oracle import brightness_dataset, exact_model
+    images = brightness_dataset(8, (4, 8, 8))
+    sigmas = exact_model(lambda x, s, c: x).get_sigmas(6)
+    assert common.verify_reduction(images, sampling.sample_dpmpp_2m, sigmas) < 1e-5
+
+
+def test_mixture_denoiser_is_the_posterior_mean():
+    """oracle.mixture_denoiser (softmax of x·μ − |μ|²/2 over σ² + s²) against the posterior written out term by
+    term: Gaussian likelihoods N(x; μ_k, (σ² + s²)I), weights normalised, E[y | x, k] = μ_k + s²/(σ² + s²)(x − μ_k)."""
+    import math
+    import torch
+    from kdiff_ztsnr.oracle import brightness_dataset, mixture_denoiser
+    data = brightness_dataset(8, (2, 3, 3)).double()
+    x = torch.randn(6, 2, 3, 3, dtype=torch.float64) * 3
+    sigma = torch.tensor([0.3, 0.5, 3., 50., 4096., math.inf], dtype=torch.float64)
+    for s in (0., 0.4):
+        for b in range(6):
+            v = sigma[b] ** 2 + s ** 2
+            if math.isinf(sigma[b]):
+                want = data.mean(0)
+            else:
+                logp = torch.stack([-((x[b] - mu) ** 2).sum() / (2 * v) for mu in data])
+                w = (logp - logp.max()).exp()
+                w = w / w.sum()
+                want = sum(wk * (mu + s ** 2 / v * (x[b] - mu)) for wk, mu in zip(w, data))
+            got = mixture_denoiser(data, x[b:b + 1], sigma[b:b + 1], s)[0]
+            assert torch.allclose(got, want, atol=1e-9), (s, b)
+
+
+@pytest.mark.filterwarnings('ignore:Should have tb')
+def test_performance_calls_and_guidance():
+    perf = load('performance')
+    _, rows = perf.calls_per_sampler(5)
+    assert all(r[3] == 1 for r in rows)                   # exactly one extra call: the step from ∞
+    _, rows = perf.guided_forwards(5, batch=2)
+    assert rows[0][4] == 1 and rows[0][5] == [4]           # one batched forward per guided step
+
+
+@pytest.fixture(scope='module')
+def tiny_checkpoint(tmp_path_factory):
+    """A trainer checkpoint after 2 steps: plumbing only, its samples are noise. Its 12-image synthetic set
+    (seed 0, solid_fraction 0.5) holds a 'completely black' and a 'completely white'."""
+    from tests.helpers import train_tiny_checkpoint
+    return train_tiny_checkpoint(tmp_path_factory.mktemp('bench_ckpt'), n=12, solid_fraction=0.5)
+
+
+@pytest.mark.filterwarnings('ignore:Should have tb')
+@pytest.mark.parametrize('name', ['regimes', 'schedules'])
+def test_benchmark_smoke_trained_model(name, tiny_checkpoint, tmp_path, capsys):
+    """``--model PATH``: the trained-model path of regimes.py / schedules.py (the same code as --model embedded)."""
+    payload = load(name).main(['--smoke', '--model', str(tiny_checkpoint), '--out', str(tmp_path)])
+    stem = f'{name}_{tiny_checkpoint.name}'
+    for ext in ('md', 'json', 'png'):
+        assert (tmp_path / f'{stem}.{ext}').stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert '**"completely black" scale 5**' in printed and '**unconditional "" scale 1**' in printed
+    recs = payload['records']
+    assert {r['prompt'] for r in recs} == {'completely black', 'completely white', ''}
+    assert all(0 <= r['mean'] <= 1 and r['w1'] >= 0 for r in recs)
+    if name == 'regimes':
+        assert sorted({round(r['sigma0'], 2) for r in recs}) == [14.61, 20000., float('inf')]
+
+
+def test_trained_reference_data():
+    """The metrics' reference: the embedded config's training images, rendered from their captions."""
+    trained = load('trained')
+    caps, colours = trained.training_colours({'n': 300, 'sizes': [[8, 8]], 'seed': 0, 'solid_fraction': 0.3})
+    black = colours[[c == 'completely black' for c in caps]]
+    white = colours[[c == 'completely white' for c in caps]]
+    assert len(black) and len(white) and black.abs().max() == 0 and (white == 1).all()
+
+
+@pytest.mark.filterwarnings('ignore:Should have')
+@pytest.mark.parametrize('search', [False, True])
+def test_schedule_study_smoke(search, tmp_path, capsys):
+    """benchmarks/schedule_study.py: the per-sample statistics against the data with their perfect-sampler floors."""
+    study = load('schedule_study')
+    payload = study.main(['--smoke', '--out', str(tmp_path)] + (['--search'] if search else []))
+    stem = 'schedules_search' if search else 'schedules_study'
+    assert (tmp_path / f'{stem}.md').stat().st_size > 0 and '|---|' in capsys.readouterr().out
+    if search:
+        assert set(payload['best']) == {'euler', 'euler_ancestral'}
+    else:
+        assert (tmp_path / f'{stem}.png').stat().st_size > 0
+        assert all(r['score'] > 0 and r['w1'] >= 0 for r in payload['rows'])
+        assert all(0 < f['p90']['w1'] < 1 for f in payload['floors'].values())
+
+
+def test_perfect_sampler_floor_is_met_by_data_draws():
+    """The floors are what i.i.d. data draws score: ~90 % of fresh draws fall under the p90."""
+    import torch
+    study = load('schedule_study')
+    subj = study.subjects((4, 8, 8))[1]
+    ref = study.Reference(subj, 256, trials=200)
+    g = torch.Generator().manual_seed(123)
+    below = sum(ref.stats(subj.draw(256, g))['w1'] <= ref.floor['w1'] for _ in range(100))
+    assert 75 <= below <= 99
+
+
+def test_gpu_benchmark_smoke(tmp_path, capsys):
+    """benchmarks/gpu.py --smoke: the package and diffusers' SDXL pipeline on the tiny model, on the CPU; the
+    package clamped at diffusers' 4096 agrees with it, and the table says these are not GPU numbers."""
+    payload = load('gpu').main(['--smoke', '--repeats', '1', '--steps', '3', '--out', str(tmp_path)])
+    table = (tmp_path / 'gpu.md').read_text()
+    assert 'CPU-smoke numbers' in table and '|---|' in table
+    rows = payload['rows']
+    assert [r['batch'] for r in rows] == [1, 4] and rows[0]['clamp_4096_vs_diffusers'] < 1e-3
+    assert all(r['package (from ∞)']['median_s'] > 0 and r['diffusers']['median_s'] > 0 for r in rows)
