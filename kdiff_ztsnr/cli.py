@@ -22,6 +22,7 @@ import sys
 from typing import Optional
 
 from .generation.params import REGIMES, SAMPLER_NAMES, SCHEDULES, GenerationParams, check_fields, check_params
+from .untrusted import printable
 
 Formatter = argparse.ArgumentDefaultsHelpFormatter
 
@@ -35,10 +36,11 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--steps', type=int, default=None, help=f'model calls (default: {d.steps})')
     p.add_argument('--scale', type=float, default=None, help=f'CFG scale (default: {d.scale})')
     p.add_argument('--cfg-rescale', type=float, default=None, help='CFG rescale φ in [0, 1] (default: 0)')
-    p.add_argument('--sampler', choices=SAMPLER_NAMES, default=None, help=f'(default: {d.sampler})')
-    p.add_argument('--schedule', dest='noise_schedule', choices=SCHEDULES, default=None,
-                   help=f'noise schedule; recommended = the package default, see benchmarks/README.md '
-                        f'(default: {d.noise_schedule})')
+    p.add_argument('--sampler', default=None, help=f'{", ".join(SAMPLER_NAMES)}, or an A1111 name ("Euler a", '
+                                                   f'"DPM++ 2M", "DPM++ 2M Karras") (default: {d.sampler})')
+    p.add_argument('--schedule', dest='noise_schedule', default=None,
+                   help=f'noise schedule: {", ".join(SCHEDULES)}, or an A1111 name (Uniform, Karras, …); '
+                        f'recommended = the package default, see benchmarks/README.md (default: {d.noise_schedule})')
     p.add_argument('--ztsnr', choices=REGIMES, default=None, help='exact: from σ=∞; clamp: from 20000 (report A.2); '
                                                                  f'sigma_max: from --sigma-max (default: {d.ztsnr})')
     p.add_argument('--sigma-max', type=float, default=None, help='finite start σ (implies --ztsnr sigma_max)')
@@ -60,6 +62,8 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--lora', action='append', default=None, metavar='FILE[:WEIGHT]',
                    help='apply a LoRA (kohya/A1111 or diffusers keys) to an SDXL model; repeatable (weight 1)')
     p.add_argument('--from-image', default=None, help="take every parameter from this PNG's metadata")
+    p.add_argument('--lora-dir', default=None, help='resolve <lora:NAME:W> tags of an A1111 PNG to NAME.safetensors '
+                                                    'in this folder')
     p.add_argument('--out', default='out', help='output folder (default: out)')
     p.add_argument('--alpha-metadata', action='store_true', help='also embed the parameters in the alpha channel')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
@@ -96,8 +100,8 @@ def pipeline_from_args(args: argparse.Namespace, model: str):
                          ztsnr_table=None if table is None else table == 'on',
                          vae_tiling=getattr(args, 'vae_tiling', False))
     if 'detected' in pipe.info:
-        print(f'model {pipe.name}: {pipe.info["detected"]}; {pipe.info.get("dtype")} on {pipe.device} '
-              f'(VAE {pipe.info.get("vae_dtype")})', file=sys.stderr)
+        print(printable(f'model {pipe.name}: {pipe.info["detected"]}; {pipe.info.get("dtype")} on {pipe.device} '
+                        f'(VAE {pipe.info.get("vae_dtype")})'), file=sys.stderr)
     return pipe
 
 
@@ -108,21 +112,79 @@ GIVEN = ('prompt', 'uc', 'steps', 'scale', 'sampler', 'noise_schedule', 'ztsnr',
 def given_params(args: argparse.Namespace) -> dict:
     """The parameters given on the command line, each checked against params.FIELDS."""
     given = {k: getattr(args, k) for k in GIVEN if getattr(args, k) is not None}
+    resolve_names(given)
     check_fields(given)
     return given
 
 
-def read_params(path: str) -> dict:
-    """--from-image metadata, checked like command-line values (types, ranges, choices)."""
+def resolve_names(given: dict) -> None:
+    """--sampler / --schedule in the package's or A1111's spelling ("Euler a", dpmpp_2m_karras, "DPM++ 2M Karras",
+    Karras) → the package's names; an unknown name is refused with the nearest valid one."""
+    from .generation.names import resolve_sampler, resolve_schedule
+    try:
+        if 'noise_schedule' in given:
+            given['noise_schedule'] = resolve_schedule(given['noise_schedule'])
+    except ValueError as e:
+        raise ValueError(f'--schedule: {e}') from None
+    if 'sampler' not in given:
+        return
+    named = given['sampler']
+    try:
+        given['sampler'], schedule = resolve_sampler(named)
+    except ValueError as e:
+        raise ValueError(f'--sampler: {e}') from None
+    if schedule and given.setdefault('noise_schedule', schedule) != schedule:
+        raise ValueError(f"--sampler {named!r} names the schedule {schedule}, --schedule says "
+                         f"{given['noise_schedule']}: give one")
+
+
+def read_png(path: str, lora_dir: Optional[str] = None) -> dict:
+    """A PNG's parameters; what reading changed (Hires fix, LoRA tags) is printed as `warning: …` lines."""
+    import warnings
     from .generation.metadata import read_metadata
-    meta = read_metadata(path)
+    if lora_dir is not None and not os.path.isdir(lora_dir):
+        raise ValueError(f'--lora-dir {lora_dir}: no such folder')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        meta = read_metadata(path, lora_dir=lora_dir)
+    for w in caught:
+        print(f'warning: {printable(w.message)}', file=sys.stderr)
+    return meta
+
+
+def read_params(path: str, lora_dir: Optional[str] = None) -> dict:
+    """--from-image metadata, checked like command-line values (types, ranges, choices)."""
+    meta = read_png(path, lora_dir)
     check_fields(meta, where=f'--from-image {path}: ')
+    return meta
+
+
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) == os.path.realpath(folder)
+
+
+def image_params(args: argparse.Namespace) -> dict:
+    """--from-image's generation parameters only: the model and LoRA paths an image names are shown, never
+    opened (a PNG from a stranger must not choose what is read); the user's own --model / --lora are used."""
+    meta = read_params(args.from_image, args.lora_dir)
+    model, loras = meta.pop('model', None), meta.pop('loras', None) or []
+    if args.lora_dir is not None:                # LoRA tags resolved inside the user's own --lora-dir are kept
+        inside = [pair for pair in loras if _inside(pair[0], args.lora_dir)]
+        meta['loras'], loras = inside, [pair for pair in loras if pair not in inside]
+    source = f'--from-image {args.from_image}'
+    if model not in (None, 'embedded') and args.model is None:
+        raise ValueError(f'{source}: the image names the model {str(model)[:200]!r}, which is not opened (paths in '
+                         f'an image are never loaded); pass --model PATH to re-run it with a model you choose')
+    if loras and not args.lora:
+        print(printable(f'note: {source}: the image names LoRAs {json.dumps(loras)[:300]}, not applied (paths in an '
+                        f'image are never opened); pass --lora FILE[:WEIGHT] to apply LoRAs you choose'),
+              file=sys.stderr)
     return meta
 
 
 def params_from_args(args: argparse.Namespace, base_side: int, base: Optional[dict] = None) -> GenerationParams:
     """Metadata of --from-image (if any), overridden by every option given on the command line."""
-    base = dict(read_params(args.from_image) if base is None and args.from_image else base or {})
+    base = dict(image_params(args) if base is None and args.from_image else base or {})
     base.setdefault('width', base_side)                          # image pixels
     base.setdefault('height', base['width'])
     given = given_params(args)
@@ -135,7 +197,7 @@ def params_from_args(args: argparse.Namespace, base_side: int, base: Optional[di
         given['strength'] = 0.5 if args.enhance else 0.7
     if not args.init_image:
         base.pop('strength', None)                               # text-to-image: strength is not used
-    p = GenerationParams.from_dict({**base, **given, 'model': args.model or base.get('model', 'embedded')})
+    p = GenerationParams.from_dict({**base, **given, 'model': args.model or 'embedded'})
     if p.prompt is None:
         raise ValueError('give a prompt (or --from-image)')
     return p
@@ -154,9 +216,14 @@ def check_sample_args(args: argparse.Namespace) -> dict:
     from .generation.image_io import prepare_out
     if (args.mask or args.enhance) and not args.init_image:
         raise ValueError('--mask and --enhance need --init-image')
-    if args.strength is not None and not args.init_image:
+    meta = image_params(args) if args.from_image else {}
+    img2img = isinstance(meta.get('strength'), (int, float)) and meta['strength'] < 1
+    if args.strength is not None and not args.init_image and not (img2img and args.strength == 1):
         raise ValueError('--strength needs --init-image (text-to-image always denoises from the start)')
-    meta = read_params(args.from_image) if args.from_image else {}
+    if img2img and not args.init_image and args.strength is None:
+        raise ValueError(f'--from-image {args.from_image} was made by img2img (strength {meta["strength"]}) from an '
+                         f'init image the PNG does not hold; pass --init-image FILE to repeat it, or --strength 1 '
+                         f'to sample text-to-image with its other parameters')
     given_params(args)
     if args.prompt is None and meta.get('prompt') is None:
         raise ValueError('give a prompt (or --from-image)')
@@ -168,13 +235,35 @@ def check_sample_args(args: argparse.Namespace) -> dict:
             raise ValueError(f'{opt}: {e}') from None
     for opt, path in (('--init-image', args.init_image), ('--mask', args.mask)):
         if path is not None and not os.path.isfile(path):
-            raise ValueError(f'{opt} {path}: no such file')
-    for spec in args.lora or ():
-        from .models.sdxl.lora import parse_lora
-        if not os.path.isfile(parse_lora(spec)[0]):
-            raise FileNotFoundError(f'LoRA file not found: {parse_lora(spec)[0]} (--lora FILE[:WEIGHT])')
+            raise ValueError(f'{opt} {path}: ' + ('no such file' if not os.path.lexists(path) else
+                                                  'not a regular file (a folder, FIFO or device)'))
+    specs = args.lora or [f'{path}:{weight}' for path, weight in meta.get('loras') or ()]
+    if specs:
+        check_lora_args(specs, args.model or 'embedded')
     prepare_out(args.out)
     return meta
+
+
+def explain_nan(pipe, e: FloatingPointError) -> str:
+    """A NaN output with the weights that hold NaN/inf named (the model's or a LoRA's), if any."""
+    from .models.bundle import nonfinite_weights
+    bad = nonfinite_weights(pipe)
+    if bad:
+        lora = any('lora' in b for b in bad)
+        return (f'{e}: the {"LoRA" if lora else "model"} weights hold NaN or inf, e.g. {", ".join(bad)} '
+                f'({pipe.name}{" and its --lora files" if pipe.info.get("loras") else ""})')
+    return f'{e}; every weight is finite, so the computation overflowed (try --dtype fp32 or bf16)'
+
+
+def check_lora_args(specs: list, model: str) -> None:
+    """Every --lora file validated (count, weight, format, SDXL keys, ranks, finite values) before any model loads."""
+    from .models.sdxl.lora_files import MAX_LORAS, check_spec
+    if len(specs) > MAX_LORAS:
+        raise ValueError(f'--lora given {len(specs)} times; at most {MAX_LORAS} LoRAs')
+    if model == 'embedded':
+        raise ValueError('--lora needs an SDXL-architecture model (--model FOLDER or FILE); the embedded model is not one')
+    for spec in specs:
+        check_spec(spec)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -184,7 +273,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .generation.metadata import check_alpha_fits
     meta = check_sample_args(args)
     quiet_libraries()
-    pipe = pipeline_from_args(args, args.model or meta.get('model', 'embedded'))
+    pipe = pipeline_from_args(args, args.model or 'embedded')
     p = params_from_args(args, pipe.base_side, meta)
     if p.loras:
         from .models.sdxl.lora import apply_loras
@@ -202,29 +291,36 @@ def cmd_sample(args: argparse.Namespace) -> int:
         check_alpha_fits({**p.to_dict(), 'seed': p.seed + p.n_samples - 1, 'n_samples': 1}, p.width, p.height)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        images = generate(pipe, p, init=init, mask=mask, progress=not args.quiet, limits=not args.no_size_limit)
+        try:
+            images = generate(pipe, p, init=init, mask=mask, progress=not args.quiet, limits=not args.no_size_limit)
+        except FloatingPointError as e:
+            raise ValueError(explain_nan(pipe, e)) from None
     for w in caught:
-        print(f'warning: {w.message}', file=sys.stderr)
+        print(f'warning: {printable(w.message)}', file=sys.stderr)
     for path in save_images(images, p, args.out, args.alpha_metadata):
         print(path)
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .generation.metadata import read_metadata
     if (args.image is None) == (args.model is None):
         raise ValueError('give an image (its generation parameters) or --model FILE (what a model says about itself)')
     if args.model is not None:
         from .models.sdxl.loading import inspect_model
-        print(json.dumps(inspect_model(args.model), indent=2))
+        print(printable_json(inspect_model(args.model)))
         return 0
-    meta = read_metadata(args.image)
-    print(json.dumps(meta, indent=2, ensure_ascii=False))
+    meta = read_png(args.image, args.lora_dir)
+    print(printable_json(meta))
     try:
         check_fields(meta)
     except ValueError as e:                          # shown, but a re-run would refuse it
-        print(f'warning: {e}', file=sys.stderr)
+        print(f'warning: {printable(e)}', file=sys.stderr)
     return 0
+
+
+def printable_json(value) -> str:
+    """Indented JSON (non-ASCII kept readable) with every terminal-active character escaped: still valid JSON."""
+    return '\n'.join(printable(line) for line in json.dumps(value, indent=2, ensure_ascii=False).split('\n'))
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
@@ -263,7 +359,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_export_config(args: argparse.Namespace) -> int:
     from .models.sdxl.export import export_diffusers_config
     ztsnr = None if args.ztsnr_table is None else args.ztsnr_table == 'on'
-    for path in export_diffusers_config(args.dir, model=args.model, config=args.model_config, zero_terminal_snr=ztsnr):
+    for path in export_diffusers_config(args.dir, model=args.model, config=args.model_config, zero_terminal_snr=ztsnr,
+                                        overwrite=args.overwrite):
         print(path)
     return 0
 
@@ -284,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        'model file says about itself')
     p.add_argument('image', nargs='?', default=None)
     p.add_argument('--model', default=None, help='an SDXL single file or diffusers folder: markers, key counts')
+    p.add_argument('--lora-dir', default=None, help='resolve <lora:NAME:W> tags of an A1111 PNG in this folder')
     p = sub.add_parser('tokenize', help='show the CLIP tokens and 75-token chunk boundaries of a prompt',
                        formatter_class=Formatter)
     p.add_argument('prompt')
@@ -301,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--model', default=None, help='single file whose markers set the scheduler (default: v, ZTSNR)')
     p.add_argument('--config', dest='model_config', default=None, help='a diffusers folder of non-stock configs')
     p.add_argument('--ztsnr-table', choices=('on', 'off'), default=None, help='override the scheduler\'s ZTSNR')
+    p.add_argument('--overwrite', action='store_true', help='replace configs already in DIR')
     add_train_args(sub.add_parser('train', help='train from a config (see examples/)', description=DESCRIPTION))
     return parser
 
@@ -309,13 +408,20 @@ COMMANDS = {'sample': cmd_sample, 'inspect': cmd_inspect, 'tokenize': cmd_tokeni
             'train': cmd_train, 'export-diffusers-config': cmd_export_config}
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the command line: one escaped line (their text may quote a file's content)."""
+    print(f'warning: {printable(message)}', file=sys.stderr if file is None else file)
+
+
 def main(argv: Optional[list] = None) -> int:
+    import warnings
+    from .training.command import run_command
     args = build_parser().parse_args(argv)
+    shown, warnings.showwarning = warnings.showwarning, show_warning
     try:
-        return COMMANDS[args.command](args)
-    except (ValueError, OSError) as e:       # user errors (CheckpointError is a ValueError): one line
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+        return run_command(args.command, lambda: COMMANDS[args.command](args))
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == '__main__':

@@ -9,6 +9,7 @@ networks receive finite inputs at σ = 20000 and σ = ∞; results come back in 
 """
 
 import math
+import numbers
 from typing import Optional
 
 import torch
@@ -24,11 +25,29 @@ def v_scalings(sigma: Tensor, sigma_data: float = 1.) -> tuple[Tensor, Tensor, T
     s2 = sigma ** 2 + sigma_data ** 2
     c_skip = sigma_data ** 2 / s2                                          # Equation 10 (→ 0)
     c_out = -sigma_data / (1 + (sigma_data / sigma) ** 2).sqrt()          # Equation 11 (→ −σ_data)
-    c_in = s2.rsqrt()                                                      # Equation 12
-    inf = sigma.isinf()
-    if inf.any():
-        c_in = torch.where(inf, torch.ones_like(sigma), c_in)              # the bypass: the network sees n
+    c_in = torch.where(sigma.isinf(), 1., s2.rsqrt())                      # Equation 12; ∞: the bypass, n itself
     return c_skip, c_out, c_in
+
+
+SIGMA_DATA_MIN = torch.finfo(torch.float32).tiny ** 0.5   # σ_data² must stay a normal float32
+SIGMA_DATA_MAX = torch.finfo(torch.float32).max ** 0.5
+
+
+def check_sigma_data(sigma_data: float) -> float:
+    """σ_data of eq. 10-12 must be a positive number whose square is a normal float32 (else c_skip = 0/0)."""
+    ok = isinstance(sigma_data, numbers.Real) and not isinstance(sigma_data, bool) and \
+        SIGMA_DATA_MIN <= sigma_data <= SIGMA_DATA_MAX
+    if not ok:
+        raise ValueError(f'sigma_data must be a positive finite number in [{SIGMA_DATA_MIN:.3g}, '
+                         f'{SIGMA_DATA_MAX:.3g}] (its square a normal float32), got {sigma_data!r}')
+    return float(sigma_data)
+
+
+def check_sigma_range(sigma: Tensor) -> None:
+    """σ must lie in [0, ∞]: a negative or NaN noise level has no timestep (a host sync: not per step)."""
+    bad = sigma.isnan() | (sigma < 0)
+    if bad.any():
+        raise ValueError(f'sigma must be in [0, inf], got {sigma[bad].flatten()[0].item()}')
 
 
 def module_dtype(module: nn.Module, default: torch.dtype = torch.float32) -> torch.dtype:
@@ -61,12 +80,15 @@ def nearest_index(log_table: Tensor, log_sigma: Tensor) -> Tensor:
 
 
 class VPreconditioner(nn.Module):
-    """Shared v-prediction preconditioning (eq. 1); subclasses define sigma_to_t and get_v."""
+    """Shared v-prediction preconditioning (eq. 1); subclasses define timestep (σ → t) and get_v.
+
+    sigma_to_t is timestep with σ checked to lie in [0, ∞]; the sampling path calls timestep unchecked
+    (the samplers validate the whole schedule once)."""
 
     def __init__(self, inner_model: nn.Module, sigma_data: float = 1.):
         nn.Module.__init__(self)  # not super(): DiscreteSchedule's __init__ builds a log table that breaks at ∞
         self.inner_model = inner_model
-        self.sigma_data = sigma_data
+        self.sigma_data = check_sigma_data(sigma_data)
 
     def get_scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return v_scalings(sigma, self.sigma_data)
@@ -76,7 +98,11 @@ class VPreconditioner(nn.Module):
 
     def _call(self, x_in: Tensor, sigma: Tensor, **kwargs) -> Tensor:
         x_in = x_in.to(module_dtype(self.inner_model))
-        return self.get_v(x_in, self.sigma_to_t(sigma), **kwargs)
+        v = self.get_v(x_in, self.timestep(sigma), **kwargs)
+        if not torch.is_tensor(v) or v.shape != x_in.shape:             # metadata only: no broadcasting below
+            raise ValueError(f'the network must return v of the shape of its input {tuple(x_in.shape)}, got '
+                             f'{tuple(v.shape) if torch.is_tensor(v) else type(v).__name__}')
+        return v
 
     def loss(self, input: Tensor, noise: Tensor, sigma: Tensor, **kwargs) -> Tensor:
         """Per-sample v-prediction MSE [B]; exact at σ = ∞ (network input n, target −x/σ_data)."""
@@ -141,12 +167,20 @@ class DiscreteVDenoiser(VPreconditioner, external.DiscreteSchedule):
         return self.sigmas[self.n_finite - 1]
 
     def sigma_to_t(self, sigma: Tensor, quantize: Optional[bool] = None) -> Tensor:
+        """t(σ) for σ in [0, ∞]; a negative or NaN σ raises."""
+        sigma = torch.as_tensor(sigma, device=self.sigmas.device).float()
+        check_sigma_range(sigma)
+        return self.timestep(sigma, quantize)
+
+    def timestep(self, sigma: Tensor, quantize: Optional[bool] = None) -> Tensor:
+        """sigma_to_t without the range check (the per-step path)."""
         quantize = self.quantize if quantize is None else quantize
         sigma = torch.as_tensor(sigma, device=self.sigmas.device).float()
         if not self.zero_terminal_snr and sigma.isinf().any():
             raise ValueError(f'σ=∞ needs a zero-terminal-SNR ᾱ table (ᾱ[-1] = 0); this one ends at '
                              f'σ={self.sigmas[-1].item():.6g}: the model was never trained at σ=∞, start from '
                              f'its get_sigmas() instead')
+<<<<<<< HEAD
         if quantize:
             return nearest_index(self.log_host, sigma.log())
         t = interpolated_index(self.log_finite, sigma.log())
@@ -155,6 +189,17 @@ class DiscreteVDenoiser(VPreconditioner, external.DiscreteSchedule):
             t_top = (self.n_finite - 1) + (1 - (1 + sigma ** 2).rsqrt() / self.sqrt_ac_top)
             t = torch.where(top, t_top, t)
         return t
+=======
+        log_f, log_sigma = self.log_finite, sigma.log()                          # finite table, ascending
+        low = (torch.searchsorted(log_f, log_sigma.reshape(-1), right=True) - 1).clamp(0, len(log_f) - 2)
+        low = low.view(sigma.shape)
+        w = ((log_sigma - log_f[low]) / (log_f[low + 1] - log_f[low])).clamp(0, 1)
+        t = low + w
+        if self.n_finite < len(self.sigmas):                                     # ∞ on top: the √ᾱ ramp
+            t_top = (self.n_finite - 1) + (1 - (1 + sigma ** 2).rsqrt() / self.sqrt_ac_top)
+            t = torch.where(sigma > self.sigma_top, t_top, t)                    # branchless: no host read
+        return t.round().long() if quantize else t
+>>>>>>> main
 
     def t_to_sigma(self, t: Tensor) -> Tensor:
         t = torch.as_tensor(t, device=self.sigmas.device).float()
@@ -184,7 +229,12 @@ class VDenoiser(VPreconditioner):
     """
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
-        return (sigma.float() / self.sigma_data).atan() * (2 / math.pi)
+        """t(σ) for σ in [0, ∞]; a negative or NaN σ raises."""
+        check_sigma_range(torch.as_tensor(sigma))
+        return self.timestep(sigma)
+
+    def timestep(self, sigma: Tensor) -> Tensor:
+        return (torch.as_tensor(sigma).float() / self.sigma_data).atan() * (2 / math.pi)
 
     def t_to_sigma(self, t: Tensor) -> Tensor:
         return torch.where(t >= 1, torch.full_like(t, math.inf), (t * math.pi / 2).tan() * self.sigma_data)

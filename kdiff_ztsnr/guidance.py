@@ -88,9 +88,13 @@ class CFGDenoiser(nn.Module):
         return dict(cond) if self.cond_key is None else {self.cond_key: cond}
 
     def guided(self, sigma: Tensor) -> bool:
+        """Whether this step is guided; σ is read on the host (a device sync) only for a narrowed sigma_range."""
         lo, hi = self.sigma_range
-        s = sigma.flatten()[0].item()
-        return self.cond_scale != 1. and lo <= s <= hi
+        if self.cond_scale == 1.:
+            return False
+        if lo == 0. and math.isinf(hi):                 # every σ ≥ 0 is in range: no need to read σ
+            return True
+        return lo <= sigma.flatten()[0].item() <= hi
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Any = None, uncond: Any = None, **extra) -> Tensor:
         if uncond is None or not self.guided(sigma):

@@ -2,8 +2,10 @@
 
 import math
 
+import torch
 from torch import Tensor
 
+from .sampling import check_state
 from .schedules import validate_sigmas
 
 
@@ -21,6 +23,10 @@ def img2img_start(x0: Tensor, noise: Tensor, sigmas: Tensor, strength: float) ->
     x is the noise itself (the σ = ∞ state). At strength 0 the latent is returned with the schedule [0].
     """
     validate_sigmas(sigmas)
+    check_state(x0)
+    if not torch.is_tensor(noise) or not noise.is_floating_point() or noise.shape != x0.shape:
+        got = f'{tuple(noise.shape)} {noise.dtype}' if torch.is_tensor(noise) else type(noise).__name__
+        raise ValueError(f'noise must be a floating-point tensor of the shape of x0 ({tuple(x0.shape)}), got {got}')
     i = start_index(len(sigmas) - 1, strength)
     sigmas = sigmas[i:]
     sigma = sigmas[0]

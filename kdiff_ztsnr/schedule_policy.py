@@ -1,10 +1,10 @@
-"""Which schedule `recommended` means, per sampler, and building any named schedule for a model (issue #11).
+"""Which schedule `recommended` means, per sampler, and building any named schedule for a model .
 
 Every schedule from σ = ∞ is ∞ followed by a finite part whose top σ is a parameter (`Spec.top`; None:
 the table's largest finite σ, 2254.24 for SDXL-ZTSNR), with k-diffusion's count: `steps` model calls of
 an Euler sampler. A finite start (ztsnr='sigma_max', or a model whose table has no ∞) builds the same family
-from that σ instead. The choice of `RECOMMENDED` is measured in benchmarks/schedule_study.py
-(benchmarks/results/schedules_study.md).
+from that σ instead. `recommended` is measured on trained
+witnesses in benchmarks/defaults.py (benchmarks/results/defaults_study.md).
 """
 
 import math
@@ -31,36 +31,58 @@ class Spec:
     family: str
     top: Optional[float] = None
     rho: float = 7.
+    scale: float = 1.              # native only: its first finite σ × scale, then t uniform from there to 0
 
     @property
     def label(self) -> str:
+        if self.family == 'native':
+            return 'native' if self.scale == 1 else f'native σ₁×{self.scale:g}'
         shape = f' ρ={self.rho:g}' if self.family == 'karras' else ''
         return f'{self.family}{shape} top={"table" if self.top is None else f"{self.top:g}"}'
 
 
-# The package default per sampler (`noise_schedule='recommended'`), chosen on the train subjects of
-# benchmarks/schedule_study.py at 28 steps (worst statistic / perfect-sampler p90, mean over 2 noises; held-out
-# subjects reported, not used): a low-ρ Karras ramp from 1000 for the ODE samplers and euler_ancestral
-# (euler 1.39 vs 1.82 for the former default Karras ρ=7 from 2254.24; euler_ancestral 1.76 vs 3.13, still
-# above the floor: no schedule searched reaches it), and Karras ρ=7 from 500 for the SDE samplers (0.61–0.84).
-RECOMMENDED_DEFAULT = Spec('karras', 1000., 2.)
-RECOMMENDED: dict = {name: Spec('karras', 500., 7.) for name in ('dpmpp_sde', 'dpmpp_2m_sde', 'dpmpp_3m_sde')}
+# The package default (`noise_schedule='recommended'`), chosen on trained witnesses in benchmarks/defaults.py
+# (benchmarks/results/defaults_study.md). Below KARRAS_FROM_STEPS: the native ramp (t uniform from the table's
+# top; many small low-σ steps, which trained networks need); on a canvas wider than the model's its first finite
+# σ is raised ×side/base_side (report §2.3: the σ that decides composition doubles per doubled side), the
+# t-uniform ramp running from there. From KARRAS_FROM_STEPS on, Karras ρ=7 from the table's top (more steps at
+# high σ: more unconditional spread at equal solid-prompt accuracy), except for the samplers that measured no
+# better or worse with it (NATIVE_ALWAYS).
+KARRAS_FROM_STEPS = 28
+NATIVE_ALWAYS = frozenset({'dpm_2_ancestral', 'dpmpp_sde', 'dpmpp_2m_sde'})
 
 
-def recommended(sampler: Optional[str] = None) -> Spec:
-    return RECOMMENDED.get(sampler, RECOMMENDED_DEFAULT)
+def recommended(sampler: Optional[str] = None, steps: int = 28, side: Optional[float] = None,
+                base_side: Optional[float] = None) -> Spec:
+    """The default schedule for `sampler` at `steps` on a side² canvas (pixels, √(w·h)) of a model meant for
+    base_side² (None for either: the model's own canvas)."""
+    scale = 1.
+    if side is not None and base_side is not None:
+        if not (side > 0 and base_side > 0):
+            raise ValueError(f'side and base_side must be positive canvas sides in pixels, got {side}, {base_side}')
+        scale = max(1., float(side) / float(base_side))
+    if steps >= KARRAS_FROM_STEPS and sampler not in NATIVE_ALWAYS:
+        return Spec('karras')
+    return Spec('native', scale=scale)
 
 
 def build(model: DiscreteVDenoiser, spec: Spec, steps: int, sigma_start: Optional[float] = None) -> Tensor:
     """`steps` model calls of `spec` from the model's ∞ (or its finite top, or from a finite sigma_start)."""
     if spec.family == 'native':
+        if sigma_start is None and spec.scale != 1 and math.isinf(model.sigmas[-1]):
+            top = model.get_sigmas(steps)[1].item() * spec.scale
+            top = None if top >= model.sigma_max_finite.item() else top          # None: the table's top entry
+            return S.get_sigmas_normal(steps, model.sigmas, top, device=model.sigmas.device)
         if sigma_start is None:
-            return model.get_sigmas(steps)
+            return S.guard_final_step(model.get_sigmas(steps))
         t = torch.linspace(model.sigma_to_t(torch.tensor(sigma_start)).item(), 0, steps, device=model.sigmas.device)
-        return torch.cat([model.t_to_sigma(t), t.new_zeros([1])])
+        return S.guard_final_step(torch.cat([model.t_to_sigma(t), t.new_zeros([1])]))
     from_inf = sigma_start is None and math.isinf(model.sigmas[-1])
-    top = sigma_start if sigma_start is not None else spec.top if from_inf and spec.top is not None else \
-        model.sigma_max_finite.item()
+    top = model.sigma_max_finite.item()
+    if sigma_start is not None:
+        top = sigma_start
+    elif from_inf and spec.top is not None:
+        top = min(spec.top, top)                   # a canvas-scaled top beyond the table: the table's top
     kw = {'rho': spec.rho} if spec.family == 'karras' else {}
     if spec.family in TABLE_BUILDERS:
         return TABLE_BUILDERS[spec.family](steps, model.sigmas, top, prepend_inf=from_inf, **kw)
@@ -68,11 +90,12 @@ def build(model: DiscreteVDenoiser, spec: Spec, steps: int, sigma_start: Optiona
 
 
 def sigmas_from_inf(model: DiscreteVDenoiser, kind: str, steps: int, sigma_start: Optional[float] = None,
-                    sampler: Optional[str] = None) -> Tensor:
-    """The named schedule ('recommended' resolves per sampler) for `steps` model calls."""
-    spec = recommended(sampler) if kind == 'recommended' else Spec(kind)
+                    sampler: Optional[str] = None, side: Optional[float] = None,
+                    base_side: Optional[float] = None) -> Tensor:
+    """The named schedule for `steps` model calls ('recommended' resolves for sampler, steps and canvas)."""
     if kind not in SCHEDULE_NAMES + ('recommended',):
         raise ValueError(f'unknown schedule {kind!r}; choose from {", ".join(SCHEDULE_NAMES)}, recommended')
+    spec = recommended(sampler, steps, side, base_side) if kind == 'recommended' else Spec(kind)
     return build(model, spec, steps, sigma_start)
 
 

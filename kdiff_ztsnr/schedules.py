@@ -71,9 +71,27 @@ def check_finite_sigma_max(sigma_max: float, name: str = 'sigma_max') -> float:
     return sigma_max
 
 
+def final_step_share(sigmas: Tensor) -> float:
+    """The share of the finite part's log-σ range [σ_min, top] that its last step covers (0 if it has no step)."""
+    f = sigmas[torch.isfinite(sigmas) & (sigmas > 0)].double().log()
+    return 0. if len(f) < 2 else ((f[-2] - f[-1]) / (f[0] - f[-1])).item()
+
+
+def guard_final_step(sigmas: Tensor) -> Tensor:
+    """Keep the low-σ work out of one step: a final finite step wider in log σ than all finite steps before it
+    together (e.g. […, 41.7, 11.0, 0.029, 0]) gets its start moved to the geometric mean of the top and σ_min."""
+    finite = (torch.isfinite(sigmas) & (sigmas > 0)).nonzero().flatten()
+    if len(finite) < 3 or final_step_share(sigmas) <= 0.5 + 1e-6:
+        return sigmas
+    top, low = sigmas[finite[0]].double(), sigmas[finite[-1]].double()
+    out = sigmas.clone()
+    out[finite[-2]] = (top * low).sqrt().to(sigmas.dtype)
+    return out
+
+
 def _finish(sigmas: Tensor, prepend_inf: bool, device) -> Tensor:
     parts = ([sigmas.new_full([1], math.inf)] if prepend_inf else []) + [sigmas, sigmas.new_zeros([1])]
-    return torch.cat(parts).to(device)
+    return guard_final_step(torch.cat(parts)).to(device)
 
 
 def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7., prepend_inf: bool = True,

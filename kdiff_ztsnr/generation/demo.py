@@ -54,8 +54,9 @@ def save_grid(results: dict, path: str) -> None:
         for c, img in enumerate(images):
             arr = ((img.float().cpu() + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
             grid.paste(Image.fromarray(arr), (label_w + c * (w + 2), r * (h + 2)))
+    from ..files import atomic_write
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    grid.save(path)
+    atomic_write(path, lambda tmp: grid.save(tmp, format='PNG'))      # never a partial regimes.png
 
 
 def run_demo(out: str = 'out/demo', model: str = 'embedded', samples: int = 8, steps: int = 28,

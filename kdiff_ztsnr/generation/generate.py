@@ -1,7 +1,8 @@
 """Text-to-image, img2img, Enhance and inpainting over a `Pipeline`, reproducible per sample.
 
 Sample i of a batch uses seed + i, and its ancestral/SDE noise comes from its own CPU generator, so a batch
-reproduces single runs and a seed gives the same noise on every device.
+reproduces single runs and a seed gives the same noise on every device. The ancestral noise of all steps is
+drawn before the sampler runs and moved to the device once: the step loop copies nothing from the host.
 """
 
 import inspect
@@ -21,8 +22,6 @@ from .params import GenerationParams, check_params
 from ..models.bundle import Pipeline
 
 BROWNIAN = {'dpmpp_sde', 'dpmpp_2m_sde', 'dpmpp_3m_sde'}
-# The package default, per sampler: kdiff_ztsnr/schedule_policy.py (measured in benchmarks/schedule_study.py).
-RECOMMENDED = schedule_policy.RECOMMENDED
 
 
 def start_sigma(p: GenerationParams, pipe: Pipeline) -> float:
@@ -33,10 +32,11 @@ def start_sigma(p: GenerationParams, pipe: Pipeline) -> float:
 
 
 def make_sigmas(model: DiscreteVDenoiser, kind: str, steps: int, sigma_start: Optional[float] = None,
-                sampler: Optional[str] = None) -> Tensor:
+                sampler: Optional[str] = None, side: Optional[float] = None,
+                base_side: Optional[float] = None) -> Tensor:
     """A schedule of `steps` model calls from the model's top (∞ or the clamp) or from a finite sigma_start;
-    'recommended' resolves per sampler (schedule_policy)."""
-    return schedule_policy.sigmas_from_inf(model, kind, steps, sigma_start, sampler)
+    'recommended' resolves for sampler, steps and the canvas side vs the model's (schedule_policy)."""
+    return schedule_policy.sigmas_from_inf(model, kind, steps, sigma_start, sampler, side, base_side)
 
 
 def sample_noise(seeds: list, shape: tuple) -> tuple[list, Tensor]:
@@ -60,18 +60,39 @@ def split_cond(cond: dict, b: int) -> tuple[dict, dict]:
     return {k: v[:b] for k, v in cond.items()}, {k: v[b:] for k, v in cond.items()}
 
 
+class PresampledNoise:
+    """An ancestral noise sampler whose k-th call returns each generator's k-th draw, drawn up front.
+
+    The draws are those fresh per-call draws would give (the same generators, in the same order), made before
+    sampling and moved to x's device in one copy; calls past `count` draw more the same way.
+    """
+
+    def __init__(self, gens: list, x: Tensor, count: int):
+        self.gens, self.x, self.i = gens, x, 0
+        self.noise = self.draw(count)                                    # [count, B, ...] on x's device
+
+    def draw(self, count: int) -> Tensor:
+        steps = [torch.stack([torch.randn(self.x.shape[1:], generator=g) for g in self.gens]) for _ in range(count)]
+        return torch.stack(steps).to(self.x) if steps else self.x.new_empty((0, *self.x.shape))
+
+    def __call__(self, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+        z = self.noise[self.i] if self.i < len(self.noise) else self.draw(1)[0]
+        self.i += 1
+        return z
+
+
 def sampler_kwargs(p: GenerationParams, x: Tensor, sigmas: Tensor, gens: list, seeds: list) -> dict:
     """Per-sample noise for ancestral/SDE samplers, so batches reproduce single runs."""
     params = inspect.signature(SAMPLERS[p.sampler]).parameters
     kw = {} if p.eta is None or 'eta' not in params else {'eta': p.eta}
     if 'noise_sampler' not in params:
         return kw
+    host = sigmas.detach().cpu()                                        # one read of the schedule
     if p.sampler in BROWNIAN:
-        finite = sigmas[torch.isfinite(sigmas) & (sigmas > 0)]
+        finite = host[torch.isfinite(host) & (host > 0)]
         kw['noise_sampler'] = BrownianTreeNoiseSampler(x, finite.min(), finite.max(), seed=list(seeds))
-    else:
-        kw['noise_sampler'] = lambda s, s_next: torch.stack([torch.randn(x.shape[1:], generator=g)
-                                                             for g in gens]).to(x)
+    else:                        # the ancestral samplers draw once per step to a σ > 0 (from ∞ too)
+        kw['noise_sampler'] = PresampledNoise(gens, x, int((host[1:] > 0).sum()))
     return kw
 
 
@@ -90,7 +111,8 @@ def generate(pipe: Pipeline, p: GenerationParams, init: Optional[Tensor] = None,
     model = pipe.denoiser(sigma_max=clamp, quantize=p.quantize_timesteps)
     if sigmas is None:
         sigmas = make_sigmas(pipe.denoiser(), p.noise_schedule, p.steps,
-                             start_sigma(p, pipe) if p.ztsnr == 'sigma_max' else None, p.sampler)
+                             start_sigma(p, pipe) if p.ztsnr == 'sigma_max' else None, p.sampler,
+                             math.sqrt(p.width * p.height), pipe.base_side)
         if clamp is not None:                  # the clamp replaces only ∞: the same finite part below it
             sigmas = schedule_policy.replace_start(sigmas, clamp)
     b, seeds = p.n_samples, [p.seed + i for i in range(p.n_samples)]

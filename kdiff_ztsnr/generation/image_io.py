@@ -1,13 +1,15 @@
 """Image files in and out of generation: init images and masks as tensors, and the output PNGs.
 
 Images are [B, 3, H, W] tensors in [−1, 1]. Output files are named ``NNNNN-SEED.png``: a running index (one
-more than the largest in the folder) and the sample's seed. A file is created exclusively, so an existing
-file is never overwritten; if writing fails, every image is kept in a fresh temporary folder that the error names.
+more than the largest in the folder) and the sample's seed. A file is written under a temporary name and linked
+to its name only when complete, so an existing file is never overwritten and no partial or empty PNG is left; if
+writing fails, every image is kept in a fresh temporary folder that the error names.
 """
 
 import os
 import re
 import tempfile
+from typing import Callable
 
 import numpy as np
 import torch
@@ -54,17 +56,49 @@ def to_pil(image: Tensor):
 NAME = re.compile(r'^(\d{5,})-\d+\.png$')
 
 
+PSEUDO_FS = {'proc', 'sysfs', 'devtmpfs', 'devpts', 'cgroup', 'cgroup2', 'debugfs', 'tracefs', 'securityfs',
+             'configfs', 'pstore', 'bpf', 'efivarfs', 'fusectl', 'mqueue', 'hugetlbfs', 'binfmt_misc'}
+
+
+def mount_type(path: str) -> str:
+    """The filesystem type of the mount holding path (Linux /proc/self/mounts; '' where unknown)."""
+    try:
+        with open('/proc/self/mounts') as f:
+            mounts = [line.split()[1:3] for line in f if len(line.split()) > 2]
+    except OSError:
+        return ''
+    path = os.path.realpath(path)
+    best = max((m for m in mounts if path == m[0] or path.startswith(m[0].rstrip('/') + '/')),
+               key=lambda m: len(m[0]), default=('', ''))
+    return best[1]
+
+
 def prepare_out(out: str) -> None:
     """Prove the output folder writable (or creatable) before any work is done; nothing is created yet."""
+    if not out or not out.strip():
+        raise ValueError(f'--out {out!r} is empty; give a folder for the images')
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f'--out {out} is a file; give a folder for the images')
     folder = os.path.abspath(out)
+    missing = []
     while not os.path.exists(folder):                    # the nearest existing ancestor will hold it
+        if os.path.islink(folder):
+            raise ValueError(f'--out {out}: {folder} is a symbolic link to {os.readlink(folder)}, which does not '
+                             f'exist')
+        missing.append(os.path.basename(folder))
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
         raise ValueError(f'--out {out}: {folder} is a file, so the folder cannot be created')
+    kind = mount_type(folder)
+    if kind in PSEUDO_FS:
+        raise ValueError(f'--out {out}: {folder} is on the {kind} pseudo-filesystem, where images cannot be written')
+    limit = os.pathconf(folder, 'PC_NAME_MAX') if hasattr(os, 'pathconf') else 255
+    long = [m for m in missing if len(os.fsencode(m)) > limit]
+    if long:
+        raise ValueError(f'--out {out}: the folder name {long[0][:40]}… is longer than the {limit} bytes a name '
+                         f'may have there')
     try:
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.NamedTemporaryFile(dir=folder, prefix='.kdiff-ztsnr-probe-'):
             pass
     except OSError as e:
         raise OSError(f'--out {out} is not a writable folder ({folder}: {e.strerror or e})') from e
@@ -76,20 +110,41 @@ def next_index(out: str) -> int:
     return max(found, default=-1) + 1
 
 
+def _write_new(path: str, write: Callable) -> bool:
+    """Write a file through a temporary name in the same folder, then link it to path without replacing an
+    existing file: path is never left partial or empty. False when path exists."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', prefix='.' + os.path.basename(path) + '.',
+                               suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)                            # atomic, fails if path exists
+        except FileExistsError:
+            return False
+        except OSError:                                   # no hard links here: reserve the name, then replace
+            with open(path, 'xb'):
+                pass
+            os.replace(tmp, path)
+        return True
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
 def _write(images: Tensor, p: GenerationParams, out: str, alpha: bool) -> list[str]:
     from .metadata import save_png
     paths, index = [], next_index(out)
     for i, img in enumerate(images):
         params = {**p.to_dict(), 'seed': p.seed + i, 'n_samples': 1}
+        pil = to_pil(img)
         while True:
             path = os.path.join(out, f'{index:05d}-{p.seed + i}.png')
             index += 1
-            try:
-                with open(path, 'xb') as f:               # exclusive: never replaces a file
-                    save_png(to_pil(img), f, params, alpha=alpha)
+            if _write_new(path, lambda f: save_png(pil, f, params, alpha=alpha)):
                 break
-            except FileExistsError:
-                continue
         paths.append(path)
     return paths
 

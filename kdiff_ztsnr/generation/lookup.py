@@ -6,7 +6,6 @@ Pipelines warn (and name the dropped text) when a prompt exceeds the chunk limit
 out_dir), or an SDXL-architecture model (diffusers folder or single-file .safetensors).
 """
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
@@ -91,4 +90,5 @@ def load_pipeline(spec: Union[str, os.PathLike] = 'embedded',
 def _force_zeros(config_dir: Union[str, os.PathLike]) -> Optional[bool]:
     """force_zeros_for_empty_prompt of a --config folder's model_index.json (None: not given there)."""
     index = Path(config_dir) / 'model_index.json'
-    return json.loads(index.read_text()).get('force_zeros_for_empty_prompt') if index.is_file() else None
+    from ..untrusted import read_json_object
+    return read_json_object(index, 'model index').get('force_zeros_for_empty_prompt') if index.is_file() else None

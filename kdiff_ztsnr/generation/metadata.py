@@ -18,6 +18,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from . import names
+
 STEALTH_MAGIC = b'stealth_pngcomp'
 MAX_METADATA = 1 << 20                 # bytes of decompressed JSON / text read back
 MAX_ALPHA_PIXELS = 1 << 26             # larger images are not decoded for alpha metadata
@@ -28,16 +30,15 @@ A1111_KEYS = {'steps': 'Steps', 'sampler': 'Sampler', 'noise_schedule': 'Schedul
               'ztsnr': 'ZTSNR', 'sigma_max': 'Sigma max', 'resolution_aware': 'Resolution-aware sigma', 'eta': 'Eta',
               'quantize_timesteps': 'Integer timesteps',
               'n_samples': 'Batch size', 'loras': 'LoRAs'}   # LoRAs: [[file, weight], …] as JSON (ours)
-# A1111/Forge sampler and "Schedule type" names (what they, Civitai and A1111's PNG Info read back).
-A1111_SAMPLERS = {'euler': 'Euler', 'euler_ancestral': 'Euler a', 'heun': 'Heun', 'dpm_2': 'DPM2',
-                  'dpm_2_ancestral': 'DPM2 a', 'lms': 'LMS', 'dpm_fast': 'DPM fast', 'dpm_adaptive': 'DPM adaptive',
-                  'dpmpp_2s_ancestral': 'DPM++ 2S a', 'dpmpp_sde': 'DPM++ SDE', 'dpmpp_2m': 'DPM++ 2M',
-                  'dpmpp_2m_sde': 'DPM++ 2M SDE', 'dpmpp_3m_sde': 'DPM++ 3M SDE'}
-A1111_SCHEDULES = {'native': 'Uniform', 'karras': 'Karras', 'exponential': 'Exponential',
-                   'polyexponential': 'Polyexponential', 'kl_optimal': 'KL Optimal', 'normal': 'Normal',
-                   'simple': 'Simple', 'sgm_uniform': 'SGM Uniform', 'beta': 'Beta', 'trailing': 'Trailing',
-                   'recommended': 'Karras'}   # recommended: Karras from ∞ (schedule_policy), ρ and top per sampler
+OWN_SCHEDULE = 'ZTSNR schedule'   # the package's schedule when A1111's list has no such family (trailing, recommended)
 ZTSNR_NOISE_SCHEDULE = 'Zero Terminal SNR'        # Forge/A1111's "Noise Schedule" value for ZTSNR sampling
+INTS, FLOATS = {'Steps', 'Seed', 'Batch size', 'Hires steps', 'Clip skip'}, {
+    'CFG scale', 'Denoising strength', 'CFG rescale', 'Sigma max', 'Eta', 'Hires upscale'}
+# A1111's grammar of the parameter line: "Key: value" pairs separated by commas; a key starts with a word character
+# and holds word characters, spaces, '-' and '/'; a value is a JSON string or runs to the next comma.
+_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:[^"\\]|\\.)+"|[^,]*)(?:,|$)')
+_SIZE = re.compile(r'^(\d+)x(\d+)$')
+_LORA_TAG = re.compile(r'<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>')
 _MODEL_HASHES: dict = {}
 
 
@@ -58,93 +59,211 @@ def model_hash(model) -> Optional[str]:
     return _MODEL_HASHES[key]
 
 
+def lora_hash(path) -> str:
+    """A1111's "Lora hashes" entry for a .safetensors file: the first 12 hex digits of the SHA-256 of the bytes
+    after the header (the kohya/additional-networks hash; the header's metadata does not change it)."""
+    import hashlib
+    with open(str(path), 'rb') as f:
+        n = int.from_bytes(f.read(8), 'little')
+        f.seek(8 + n)
+        h = hashlib.sha256()
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
 def _quote(value) -> str:
-    """A1111's rule: a value holding ',', ':' or a newline is written as a JSON string."""
+    """A1111's rule: a value holding ',', ':' or a newline is written as a JSON string (here also '"' and a value
+    with outer spaces, which its reader would strip)."""
     text = str(value)
-    return json.dumps(text) if any(c in text for c in ',:\n"') else text
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ',:\n"') or text != text.strip() else text
 
 
-def _a1111_value(key: str, value):
-    if key == 'sampler':
-        return A1111_SAMPLERS.get(value, value)
-    if key == 'noise_schedule':
-        return A1111_SCHEDULES.get(value, value)
-    if key == 'loras':
-        return json.dumps(value)
-    if key == 'model' and value != 'embedded':
-        return Path(str(value)).stem or value                       # A1111 writes the checkpoint's name
-    return value
+def _a1111_fields(params: dict) -> list:
+    """(label, value) for every parameter with a value: no None, no strength on text-to-image (strength 1)."""
+    out = []
+    for k, label in A1111_KEYS.items():
+        value = params.get(k)
+        if value is None or (k == 'loras' and not value) or (k == 'strength' and value >= 1):
+            continue
+        if k == 'sampler':
+            value = names.A1111_SAMPLERS.get(value, value)
+        elif k == 'noise_schedule':
+            if value not in names.A1111_SCHEDULES:
+                out.append((OWN_SCHEDULE, value))
+                continue
+            value = names.A1111_SCHEDULES[value]
+        elif k == 'loras':
+            value = json.dumps(value)
+        elif k == 'model' and value != 'embedded':
+            value = Path(str(value)).stem or value                      # A1111 writes the checkpoint's name
+        out.append((label, value))
+    return out
 
 
 def a1111_text(params: dict) -> str:
     """The A1111 `parameters` text of a parameter dict, with the fields A1111/Forge and Civitai read back."""
-    fields = [f'{label}: {_quote(_a1111_value(k, params[k]))}' for k, label in A1111_KEYS.items()
-              if k in params and (k != 'loras' or params[k])]
+    fields = [f'{label}: {_quote(v)}' for label, v in _a1111_fields(params)]
     fields.insert(5, f'Size: {params["width"]}x{params["height"]}')
     digest = params.get('model_hash') or model_hash(params.get('model'))
     if digest:
         fields.insert(6, f'Model hash: {digest}')
+    hashes = [f'{Path(f).stem.replace(":", "").replace(",", "")}: {lora_hash(f)}' for f, _ in params.get('loras') or ()
+              if str(f).endswith('.safetensors') and Path(f).is_file()]
+    if hashes:
+        fields.append(f'Lora hashes: {_quote(", ".join(hashes))}')
     fields += ['RNG: CPU', f'Noise Schedule: {ZTSNR_NOISE_SCHEDULE}', 'Version: kdiff-ztsnr']
-    return f'{params["prompt"]}\nNegative prompt: {params["uc"]}\n' + ', '.join(fields)
+    uc = f'\nNegative prompt: {params["uc"]}' if params.get('uc') else ''
+    return f'{params["prompt"]}{uc}\n' + ', '.join(fields)
+
+
+def _typed(label: str, value: str):
+    """Values stay text (hashes, names) except the numeric and boolean fields, as A1111 casts them on paste."""
+    cast = int if label in INTS else float if label in FLOATS else None
+    if cast is not None:
+        try:
+            return cast(value)
+        except ValueError:
+            return value                                             # check_fields names the bad value
+    return {'True': True, 'False': False}.get(value, value) if label == 'Resolution-aware sigma' else value
 
 
 def _from_a1111(out: dict, label: str, value) -> None:
     """One A1111 field into parameters: package names for samplers/schedules, legacy "DPM++ 2M Karras" split."""
     if label == 'Sampler':
-        value = str(value)
-        for kind in ('Karras', 'Exponential'):                      # A1111 < 1.9: the schedule in the name
-            if value.endswith(' ' + kind):
-                value, out['noise_schedule'] = value[:-len(kind) - 1], kind.lower()
-        out['sampler'] = {v: k for k, v in A1111_SAMPLERS.items()}.get(value, value)
-    elif label == 'Schedule type':
-        names = {v: k for k, v in A1111_SCHEDULES.items() if k != 'recommended'}
-        if value != 'Automatic':                                     # Automatic: the sampler's default
-            out['noise_schedule'] = names.get(value, value)
-    elif label == 'Size':
-        out['width'], out['height'] = map(int, str(value).split('x'))
+        try:
+            out['sampler'], schedule = names.resolve_sampler(value)
+            if schedule:
+                out.setdefault('noise_schedule', schedule)
+        except ValueError:
+            out['sampler'] = value                                   # check_fields names it
+    elif label in ('Schedule type', OWN_SCHEDULE):
+        if value != names.AUTOMATIC:                                  # Automatic: the sampler's default
+            try:
+                out['noise_schedule'] = names.resolve_schedule(value)
+            except ValueError:
+                out['noise_schedule'] = value
     elif label == 'Model hash':
-        out['model_hash'] = str(value)
+        out['model_hash'] = value
     elif label == 'RNG':
         out['rng'] = value
     elif label == 'LoRAs':
         out['loras'] = json.loads(value)
+    elif label == 'Lora hashes':
+        out['lora_hashes'] = dict(p.split(': ', 1) for p in value.split(', ') if ': ' in p)
     elif label == 'Noise Schedule':
         out['zero_terminal_snr'] = value == ZTSNR_NOISE_SCHEDULE
+    elif label.startswith('Hires '):
+        out.setdefault('hires', {})[label] = value
     elif label in _LABELS:
         out[_LABELS[label]] = value
+    else:
+        out.setdefault('a1111', {})[label] = value                   # shown by inspect, not used
 
 
 _LABELS = {v: k for k, v in A1111_KEYS.items()}
 
 
-def parse_a1111(text: str) -> dict:
-    """Parameters from A1111/Forge infotext (ours or theirs): prompt, negative, then "Label: value" fields."""
-    body, _, last = text.rpartition('\n')
-    prompt, _, uc = body.partition('\nNegative prompt: ')
-    if not _ and body.startswith('Negative prompt: '):
-        prompt, uc = '', body[len('Negative prompt: '):]
+def split_infotext(text: str) -> tuple[str, str, list]:
+    """A1111's layout: prompt lines, then from "Negative prompt:" the negative lines (each line stripped), then
+    the parameter line if it holds at least 3 pairs; returns (prompt, negative, [(label, raw value), …])."""
+    *lines, last = text.strip().split('\n')
+    pairs = _PARAM.findall(last)
+    if len(pairs) < 3:
+        lines, pairs = lines + [last], []
+    prompt, uc, negative = [], [], False
+    for line in lines:
+        line = line.strip()
+        if line.startswith('Negative prompt:'):
+            negative, line = True, line[len('Negative prompt:'):].strip()
+        (uc if negative else prompt).append(line)
+    return '\n'.join(prompt), '\n'.join(uc), pairs
+
+
+def parse_a1111(text: str, lora_dir: Optional[str] = None) -> dict:
+    """Parameters from A1111/Forge infotext (ours or theirs), read by A1111's rules. Values are text except the
+    numeric fields; Hires-fix fields go to 'hires' (with a warning: a second pass, not img2img strength);
+    <lora:NAME:W> tags leave the prompt and resolve against `lora_dir` (checked against "Lora hashes")."""
+    prompt, uc, pairs = split_infotext(text)
     out = {'prompt': prompt, 'uc': uc, 'loras': []}
-    for label, value in re.findall(r'\s*([\w .+/()-]+): ("(?:[^"\\]|\\.)*"|[^,]*)(?:,|$)', last):
-        _from_a1111(out, label.strip(), json.loads(value) if value[:1] == '"' else _number(value))
+    for label, value in pairs:
+        value = json.loads(value) if value[:1] == '"' and value[-1:] == '"' else value
+        size = _SIZE.match(value)
+        if label == 'Size':
+            if not size:
+                raise ValueError(f'Size: {value[:40]!r} is not WIDTHxHEIGHT')
+            out['width'], out['height'] = int(size.group(1)), int(size.group(2))
+        elif size and label.startswith('Hires '):
+            out.setdefault('hires', {})[label] = value
+        else:
+            _from_a1111(out, label, _typed(label, value))
+    if 'hires' in out:
+        _hires_to_second_pass(out)
+    if _LORA_TAG.search(out['prompt']):
+        _resolve_lora_tags(out, lora_dir)
     return out
+
+
+def _hires_to_second_pass(out: dict) -> None:
+    """A Hires-fix txt2img: its Denoising strength belongs to the second (upscaled img2img) pass."""
+    import warnings
+    hires = out['hires']
+    if 'strength' in out:
+        hires['Denoising strength'] = out.pop('strength')
+    scale = hires.get('Hires upscale')
+    w, h = out.get('width'), out.get('height')
+    size = hires.get('Hires resize') or (f'{round(w * float(scale))}x{round(h * float(scale))}'
+                                         if isinstance(scale, float) and w and h else '?x?')
+    tw, _, th = str(size).partition('x')
+    shown = ', '.join(f'{k.removeprefix("Hires ")} {v}' for k, v in hires.items())
+    warnings.warn(f'A1111 Hires fix ({shown}) is a second, upscaled '
+                  f'img2img pass: these parameters re-run the first pass ({w}x{h}); for the second, run '
+                  f"`sample --from-image … --init-image FIRST.png --width {tw} --height {th} --strength "
+                  f"{hires.get('Denoising strength', 0.5)}` (or --enhance: ×1.5 at strength 0.5)", A1111Warning)
+
+
+def _resolve_lora_tags(out: dict, lora_dir: Optional[str]) -> None:
+    """<lora:NAME:W> → [NAME.safetensors under lora_dir, W] in 'loras' (hash-checked), else in 'lora_tags'."""
+    import warnings
+    tags = [(name, _weight(w)) for name, w in _LORA_TAG.findall(out['prompt'])]
+    out['prompt'] = _LORA_TAG.sub('', out['prompt'])               # A1111 removes the tags before encoding
+    found = {p.stem: p for p in sorted(Path(lora_dir).rglob('*.safetensors'))} if lora_dir else {}
+    missing = []
+    for name, weight in tags:
+        if name not in found or not isinstance(weight, float):
+            missing.append([name, weight])
+            continue
+        out['loras'].append([str(found[name]), weight])
+        want = out.get('lora_hashes', {}).get(name)
+        if want and lora_hash(found[name]) != want[:12]:
+            warnings.warn(f'LoRA {name}: {found[name]} has hash {lora_hash(found[name])}, the image was made with '
+                          f'{want} (a different file of that name)', A1111Warning)
+    if missing:
+        out['lora_tags'] = missing
+        where = f'no such .safetensors under --lora-dir {lora_dir}' if lora_dir else 'give --lora-dir DIR'
+        warnings.warn(f'LoRA tags in the prompt not applied ({where}): '
+                      f'{", ".join(f"{n}:{w}" for n, w in missing)}; or pass --lora FILE:WEIGHT', A1111Warning)
+
+
+def _weight(text: str):
+    """A tag's weight (1 if none given); a non-number stays text and the tag is reported, not applied."""
+    try:
+        return float(text) if text else 1.
+    except ValueError:
+        return text
+
+
+class A1111Warning(UserWarning):
+    """A1111 infotext read with a change the user should know about (Hires fix, unresolved LoRA tags)."""
 
 
 def from_nai(params: dict) -> dict:
     """NAI `Comment` JSON into parameters: NAI's sampler names k_euler_ancestral, k_dpmpp_2m, … lose the k_."""
     out = dict(params)
     sampler = out.get('sampler')
-    if isinstance(sampler, str) and sampler.startswith('k_') and sampler[2:] in A1111_SAMPLERS:
+    if isinstance(sampler, str) and sampler.startswith('k_') and sampler[2:] in names.A1111_SAMPLERS:
         out['sampler'] = sampler[2:]
     return out
-
-
-def _number(s: str):
-    for cast in (int, float):
-        try:
-            return cast(s)
-        except ValueError:
-            pass
-    return {'True': True, 'False': False, 'None': None}.get(s, s)
 
 
 def _alpha_payload(params: dict) -> bytes:
@@ -211,9 +330,11 @@ def save_png(image: Image.Image, path: str, params: dict, alpha: bool = False) -
     (embed_alpha(image, params) if alpha else image).save(path, format='PNG', pnginfo=info)
 
 
-def read_metadata(path: str) -> dict:
+def read_metadata(path: str, lora_dir: Optional[str] = None) -> dict:
     """Parameters from a PNG: the JSON Comment (ours or NAI's), else A1111/Forge `parameters`, else the alpha
     channel. A1111 names come back as the package's (Euler a → euler_ancestral, Karras → karras, …)."""
+    from ..untrusted import regular_file
+    regular_file(path, 'PNG image')                        # a FIFO or device would block Image.open
     try:
         with Image.open(path) as im:
             if im.width * im.height > MAX_ALPHA_PIXELS:
@@ -223,7 +344,7 @@ def read_metadata(path: str) -> dict:
             if 'Comment' in text:
                 found = _bounded(text['Comment'], json.loads)
             elif 'parameters' in text:
-                found = _bounded(text['parameters'], parse_a1111)
+                found = _bounded(text['parameters'], lambda t: parse_a1111(t, lora_dir))
             else:
                 found = read_alpha(im)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, EOFError, zlib.error,

@@ -80,6 +80,7 @@ class Field:
 MAX_SIDE = 8192                         # pixels per side
 MAX_PIXELS = 2 ** 26                    # width × height × n_samples (64 Mpx ≈ 8 SDXL 2048² images)
 MAX_SEED = 2 ** 63 - 1
+MAX_WORK = MAX_PIXELS * 1000            # pixels × steps of one run, as a whole (e.g. 8 × 2048² at 1000 steps)
 MAX_PROMPT = 100_000                    # characters
 # Rows are checked alike for command-line values and for metadata read from a PNG (--from-image).
 FIELDS = {
@@ -170,3 +171,6 @@ def check_params(p: GenerationParams, size_multiple: int = 1, name: str = 'the m
     if limits and p.width * p.height * p.n_samples > MAX_PIXELS:
         raise ValueError(f'width x height x n_samples = {p.width}x{p.height}x{p.n_samples} exceeds the limit of '
                          f'{MAX_PIXELS} pixels (lower them, or pass --no-size-limit)')
+    if limits and p.width * p.height * p.n_samples * p.steps > MAX_WORK:
+        raise ValueError(f'width x height x n_samples x steps = {p.width}x{p.height}x{p.n_samples}x{p.steps} '
+                         f'exceeds the limit of {MAX_WORK} pixel-steps (lower them, or pass --no-size-limit)')

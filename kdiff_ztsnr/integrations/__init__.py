@@ -23,7 +23,9 @@ def table_denoiser(alphas_cumprod: Tensor) -> DiscreteVDenoiser:
     return DiscreteVDenoiser(nn.Identity(), alphas_cumprod)
 
 
-def schedule_sigmas(model: DiscreteVDenoiser, kind: str, steps: int, sampler: Optional[str] = None) -> Tensor:
+def schedule_sigmas(model: DiscreteVDenoiser, kind: str, steps: int, sampler: Optional[str] = None,
+                    side: Optional[float] = None, base_side: Optional[float] = None) -> Tensor:
     """`steps` model calls from the model's top σ (∞ for a ZTSNR table), then 0: the package's schedules
-    (`schedule_policy`; 'recommended' resolves for `sampler`)."""
-    return schedule_policy.sigmas_from_inf(model, kind, steps, sampler=sampler)
+    (`schedule_policy`; 'recommended' resolves for `sampler`, steps and the canvas side in pixels against the
+    model's base side, as `generate` does; without them, the model's own canvas)."""
+    return schedule_policy.sigmas_from_inf(model, kind, steps, sampler=sampler, side=side, base_side=base_side)

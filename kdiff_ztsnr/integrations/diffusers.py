@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 from k_diffusion.sampling import get_ancestral_step, to_d
 from torch import Tensor
@@ -31,8 +31,13 @@ from . import SCHEDULES, STEP_SAMPLERS, schedule_sigmas, table_denoiser
 
 
 class ZTSNRScheduler(SchedulerMixin, ConfigMixin):
-    """Euler / Euler ancestral / DPM++ 2M for v-prediction zero-terminal-SNR models, from σ = ∞."""
+    """Euler / Euler ancestral / DPM++ 2M for v-prediction zero-terminal-SNR models, from σ = ∞.
 
+    Until `set_timesteps`, the schedule is the training one (t = T−1, …, 0; σ = ∞, …, σ_min), as diffusers'
+    schedulers build it in ``__init__``. `betas`, `alphas` and `alphas_cumprod` are the rescaled (ZTSNR) tables.
+    """
+
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]   # swappable with these (their config keys drop)
     order = 1
 
     @register_to_config
@@ -61,26 +66,28 @@ class ZTSNRScheduler(SchedulerMixin, ConfigMixin):
         if schedule not in SCHEDULES:
             raise ValueError(f'unknown schedule {schedule!r}; choose from {", ".join(SCHEDULES)}')
         if trained_betas is not None:
-            betas = torch.as_tensor(trained_betas, dtype=torch.float64)
+            betas = torch.as_tensor(trained_betas, dtype=torch.float64).flatten()
         elif beta_schedule == 'scaled_linear':
             betas = schedules.scaled_linear_betas(num_train_timesteps, beta_start, beta_end)
         elif beta_schedule == 'linear':
             betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
         else:
-            raise ValueError(f'unsupported beta_schedule {beta_schedule!r}')
+            raise ValueError(f"unsupported beta_schedule {beta_schedule!r}; choose from 'scaled_linear', 'linear' "
+                             f"(or give trained_betas)")
         self.alphas_cumprod = schedules.rescale_zero_terminal_snr(schedules.alphas_cumprod(betas))
+        self.alphas = self.alphas_cumprod / torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod[:-1]])
+        self.betas = 1 - self.alphas                              # the rescaled betas (the last is 1)
         self.table = table_denoiser(self.alphas_cumprod)           # σ ↔ t maps; σ(T−1) = ∞
-        self.sigmas = self.timesteps = None
         self.num_inference_steps = None
-        self._step_index = self._begin_index = None
-        self._old_denoised = None
+        t = torch.arange(len(self.alphas_cumprod) - 1, -1, -1, dtype=torch.float32)
+        self._set_sigmas(torch.cat([self.table.sigmas.flip(0), self.table.sigmas.new_zeros(1)]), timesteps=t)
 
     # ------------------------------------------------------------------------------------------- schedule
 
     @property
     def init_noise_sigma(self) -> float:
         """1 when the schedule starts at ∞ (the state there is the unit noise), else the first sigma."""
-        if self.sigmas is None or math.isinf(self.sigmas[0]):
+        if math.isinf(self.sigmas[0]):
             return 1.
         return float(self.sigmas[0])
 
@@ -93,6 +100,9 @@ class ZTSNRScheduler(SchedulerMixin, ConfigMixin):
         return self._begin_index
 
     def set_begin_index(self, begin_index: int = 0) -> None:
+        """The first step's index (img2img starts part-way); set by pipelines after set_timesteps."""
+        if not 0 <= begin_index < len(self.timesteps):
+            raise ValueError(f'begin_index {begin_index} is outside the schedule of {len(self.timesteps)} steps')
         self._begin_index = begin_index
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None, device: Union[str, torch.device] = None,
@@ -109,21 +119,42 @@ class ZTSNRScheduler(SchedulerMixin, ConfigMixin):
         if s[-1] != 0:
             s = torch.cat([s, s.new_zeros([1])])
         schedules.validate_sigmas(s)
+<<<<<<< HEAD
         self.sigmas = s.float().to(device)
         t = self.table.sigma_to_t(self.sigmas[:-1].cpu(), quantize=self.config.quantize_timesteps)
         self.timesteps = t.float().to(device)
+=======
+        self._set_sigmas(s, device)
+>>>>>>> main
         self.num_inference_steps = len(self.timesteps)
+
+    def _set_sigmas(self, sigmas: Tensor, device: Union[str, torch.device] = None,
+                    timesteps: Optional[Tensor] = None) -> None:
+        """The schedule σ₀ > … > 0, its timesteps (t(σ) unless given), and a fresh step state."""
+        self.sigmas = sigmas.float().to(device)
+        if timesteps is None:
+            timesteps = self.table.sigma_to_t(self.sigmas[:-1].cpu())
+        self.timesteps = timesteps.float().to(device)
         self._step_index = self._begin_index = None
         self._old_denoised = None
 
     def index_for_timestep(self, timestep: Union[float, Tensor]) -> int:
+        """The position of `timestep` in `timesteps` (ValueError naming the schedule if it is not there)."""
         hits = (self.timesteps == torch.as_tensor(timestep, device=self.timesteps.device)).nonzero()
         if not len(hits):
-            raise ValueError(f'timestep {float(timestep)} is not in the schedule; call set_timesteps first')
+            which = (f'the {self.num_inference_steps}-step schedule' if self.num_inference_steps else
+                     f'the training schedule (t = {len(self.timesteps) - 1}, …, 0; call set_timesteps first)')
+            raise ValueError(f'timestep {float(timestep)} is not in {which}; pass one of scheduler.timesteps')
         return hits[0].item()
 
     def _init_step_index(self, timestep: Union[float, Tensor]) -> None:
         self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
+
+    def _check_step_index(self) -> int:
+        if self._step_index >= len(self.timesteps):
+            raise ValueError(f'all {len(self.timesteps)} steps of the schedule are done; call set_timesteps to start '
+                             f'another')
+        return self._step_index
 
     # ------------------------------------------------------------------------------------------- sampling
 
@@ -131,7 +162,7 @@ class ZTSNRScheduler(SchedulerMixin, ConfigMixin):
         """c_in·x (eq. 12), in float32 at least; at σ = ∞ the unit noise itself (the bypass, eq. 17-18)."""
         if self._step_index is None:
             self._init_step_index(timestep)
-        _, _, c_in = v_scalings(self.sigmas[self._step_index].view(1), self.config.sigma_data)
+        _, _, c_in = v_scalings(self.sigmas[self._check_step_index()].view(1), self.config.sigma_data)
         x = sample.to(torch.promote_types(sample.dtype, torch.float32))
         return (x * c_in.to(x.device)).to(sample.dtype)
 
@@ -141,7 +172,7 @@ class ZTSNRScheduler(SchedulerMixin, ConfigMixin):
         """One step of the configured sampler from sigmas[i] to sigmas[i + 1]; model_output is v."""
         if self._step_index is None:
             self._init_step_index(timestep)
-        i = self._step_index
+        i = self._check_step_index()
         sigma, sigma_next = self.sigmas[i].to(sample.device), self.sigmas[i + 1].to(sample.device)
         x = sample.to(torch.promote_types(sample.dtype, torch.float32))
         c_skip, c_out, _ = v_scalings(sigma.view(1), self.config.sigma_data)
@@ -192,14 +223,11 @@ class ZTSNRScheduler(SchedulerMixin, ConfigMixin):
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """x = x₀ + σ·n; at σ = ∞ the state is the unit noise n itself (as kdiff_ztsnr.img2img)."""
         timesteps = torch.as_tensor(timesteps).reshape(-1)
-        if self.sigmas is None:
-            sigma = self.table.t_to_sigma(timesteps.float().cpu())
+        if self._begin_index is not None:                            # img2img: the first step's σ
+            idx = [self._step_index if self._step_index is not None else self._begin_index] * len(timesteps)
         else:
-            if self._begin_index is not None:
-                idx = [self._step_index if self._step_index is not None else self._begin_index] * len(timesteps)
-            else:
-                idx = [self.index_for_timestep(t) for t in timesteps]
-            sigma = self.sigmas[idx]
+            idx = [self.index_for_timestep(t) for t in timesteps]
+        sigma = self.sigmas[idx]
         sigma = sigma.to(original_samples.device).expand(original_samples.shape[0])
         sigma = sigma.view(-1, *[1] * (original_samples.ndim - 1))
         x0, n = original_samples.float(), noise.float()

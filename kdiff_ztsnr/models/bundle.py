@@ -51,3 +51,19 @@ class Pipeline:
     def device(self) -> torch.device:
         p = next(self.inner_model.parameters(), None)
         return p.device if p is not None else torch.device('cpu')
+
+
+def nonfinite_weights(pipe: Pipeline, limit: int = 3) -> list[str]:
+    """Names of (up to limit) parameters of the pipeline's networks holding NaN or inf, LoRA adapters included
+    (one pass over the weights: for explaining a NaN output, not per step)."""
+    modules = {'inner_model': pipe.inner_model, **{k: v for k, v in pipe.components.items()
+                                                  if isinstance(v, nn.Module)}}
+    found, seen = [], set()
+    for role, module in modules.items():
+        for name, p in module.named_parameters():
+            if id(p) not in seen and p.is_floating_point() and not torch.isfinite(p).all():
+                found.append(f'{role}.{name}')
+                if len(found) == limit:
+                    return found
+            seen.add(id(p))
+    return found

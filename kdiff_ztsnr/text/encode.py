@@ -112,6 +112,11 @@ class TextConditioner(nn.Module):
         encoders = [encoders] if isinstance(encoders, nn.Module) else list(encoders)
         self.encoders = nn.ModuleList(encoders)
         self.tokenizers = [t or get_tokenizer() for t in _as_list(tokenizers, len(encoders))]
+        for i, enc in enumerate(encoders):
+            n = getattr(getattr(enc, 'config', None), 'num_hidden_layers', None)
+            if n is not None and not -(n + 1) <= layer <= n:
+                raise ValueError(f'text layer {layer} is outside the hidden states [{-(n + 1)}, {n}] of text '
+                                 f'encoder {i} ({n} layers; -1: the last, -2: the penultimate)')
         self.layer, self.final_norm = layer, final_norm
         self.chunk_kwargs = dict(max_chunks=max_chunks, truncate=truncate, emphasis=emphasis,
                                  comma_window=comma_window)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..files import atomic_write
+from ..untrusted import torch_load_weights
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -23,7 +24,7 @@ def safe_torch_load(path: Path) -> dict:
     if not Path(path).is_file():
         raise FileNotFoundError(f'{path}: no such file (an incomplete checkpoint?)')
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        state = torch_load_weights(path)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
         raise ValueError(f'{path}: not a safe training-state file (only tensors and plain values are loaded; '
                          f'{type(e).__name__}: {str(e)[:200]})') from None

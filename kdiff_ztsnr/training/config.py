@@ -15,6 +15,7 @@ from jsonmerge import merge
 from k_diffusion import config as k_config
 
 from ..text import text_dims
+from .bounds import check_bounds
 from .schema import check_merged, validate_config
 
 DEFAULTS = {
@@ -106,6 +107,7 @@ def load_training_config(config: Union[str, os.PathLike, dict]) -> dict:
             warnings.simplefilter('ignore', DeprecationWarning)
             merged = k_config.load_config(merge(DEFAULTS, config))
         check_merged(merged)
+        check_bounds(merged)
     except ValueError as e:
         raise ValueError(f'{where}{e}') from None
     return merged

@@ -28,10 +28,10 @@ def build_optimizer(opt_config: dict, model: nn.Module, extra_groups: Sequence[d
         params = (params if params and isinstance(params[0], dict) else [{'params': params}]) + list(extra_groups)
     if opt_config['type'] == 'adamw8bit':                                 # optional extra: bitsandbytes
         import bitsandbytes as bnb
-        return bnb.optim.AdamW8bit(params, lr=lr, betas=tuple(opt_config['betas']), eps=opt_config['eps'],
+        return bnb.optim.AdamW8bit(params, lr=lr, betas=tuple(map(float, opt_config['betas'])), eps=opt_config['eps'],
                                    weight_decay=opt_config['weight_decay'])
     if opt_config['type'] == 'adamw':
-        return optim.AdamW(params, lr=lr, betas=tuple(opt_config['betas']), eps=opt_config['eps'],
+        return optim.AdamW(params, lr=lr, betas=tuple(map(float, opt_config['betas'])), eps=opt_config['eps'],
                            weight_decay=opt_config['weight_decay'])
     if opt_config['type'] == 'sgd':
         return optim.SGD(params, lr=lr, momentum=opt_config.get('momentum', 0.),

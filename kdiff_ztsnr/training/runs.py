@@ -34,13 +34,36 @@ def previous_run(out_dir: Path) -> list[str]:
     return [n for n in RUN_FILES if (out_dir / n).exists()] + sorted(p.name for p in checkpoints(out_dir).values())
 
 
+class NonFiniteLoss(ValueError):
+    """Training stopped because the loss was NaN or inf (the last good checkpoint is kept)."""
+
+
 def check_out_dir(out_dir: Path, resume: Optional[str], overwrite: bool) -> None:
     """Refuse to start a new run over a previous one (unless overwrite), before any work is done."""
     found = previous_run(out_dir)
     if found and resume is None and not overwrite:
         shown = ', '.join(found[:4]) + (', …' if len(found) > 4 else '')
+        if not checkpoints(out_dir):
+            raise ValueError(f'training.out_dir {out_dir} holds a previous run that wrote no checkpoint ({shown}), '
+                             f'so there is nothing to --resume; pass --overwrite to replace it, or choose another '
+                             f'--out-dir')
         raise ValueError(f'training.out_dir {out_dir} holds a previous run ({shown}); continue it with '
                          f'--resume {out_dir}, choose another --out-dir, or pass --overwrite to replace it')
+
+
+def check_resumable(path: Path) -> None:
+    """--resume of an out_dir without a checkpoint (a run killed before its first one) says what works."""
+    path = Path(path)
+    if path.is_dir() and not (path / 'latest').exists() and not (path / 'state.pt').exists() \
+            and not (path / 'ema.safetensors').exists():
+        what = 'holds a run that wrote no checkpoint' if previous_run(path) else 'holds no checkpoint'
+        raise ValueError(f'--resume {path}: the folder {what} (killed before training.checkpoint_every?); '
+                         f'start again with --config CFG --out-dir {path} --overwrite')
+    name = (path / 'latest').read_text().strip() if (path / 'latest').is_file() else None
+    if name is not None and not (path / name).is_dir():
+        there = ', '.join(sorted(p.name for p in checkpoints(path).values())) or 'none'
+        raise ValueError(f'--resume {path}: its latest file names {name!r}, which is not a checkpoint folder there '
+                         f'(checkpoints: {there}); pass one of them to --resume, or start again with --overwrite')
 
 
 def clear_run(out_dir: Path) -> None:

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
+NUM_TIMESTEPS = 1000                     # = schedules.NUM_TIMESTEPS (kept import-free here)
+
 
 def fmt(x: float) -> str:
     """A bound as written: integers exactly, other numbers short."""
@@ -67,11 +69,11 @@ PREVIEW = {'prompts': Key((list,), item=TEXT, length=(1, 64)), 'seeds': Key((lis
            'steps': integer(1, 1000), 'scale': num(0, 100), 'width': integer(8, 8192), 'height': integer(8, 8192),
            'sampler': TEXT}
 MODEL = {
-    'type': choice('image_v1', 'module', 'sdxl'), 'sigma_data': num(0, 1e3, gt=True), 'zero_terminal_snr': BOOL,
+    'type': choice('image_v1', 'module', 'sdxl'), 'sigma_data': num(1e-3, 1e3), 'zero_terminal_snr': BOOL,
     'sigma_max': num(0, 1e7, gt=True, optional=True), 'augment_wrapper': BOOL,
     'cross_cond_dim': integer(0, 1 << 16, optional=True), 'mapping_cond_dim': integer(0, 1 << 16, optional=True),
     'input_channels': integer(1, 1024), 'mapping_out': integer(1, 1 << 16),
-    'depths': Key((list,), item=integer(0, 64), length=(1, 16)),
+    'depths': Key((list,), item=integer(1, 64), length=(1, 16)),
     'channels': Key((list,), item=integer(1, 1 << 16), length=(1, 16)),
     'self_attn_depths': Key((list,), item=BOOL, length=(1, 16)),
     'cross_attn_depths': Key((list,), item=BOOL, length=(1, 16), optional=True),
@@ -88,7 +90,7 @@ SYNTHETIC = {'n': integer(1, 10_000_000), 'sizes': Key((list,), item=PAIR, lengt
              'seed': integer(0, 2 ** 63 - 1), 'solid_fraction': num(0, 1)}
 BUCKETS = {'max_area': integer(1, 1 << 30), 'max_side': integer(1, 1 << 16), 'min_side': integer(1, 1 << 16),
            'step': integer(1, 1 << 16), 'extra': Key((list,), item=PAIR, length=(0, 1024))}
-TAG_WEIGHTS = {'alpha': num(0, 10), 'clip': Key((list,), item=num(0, 1e6), length=(2, 2))}
+TAG_WEIGHTS = {'alpha': num(0, 10), 'clip': Key((list,), item=num(0, 100), length=(2, 2))}
 DATASET = {
     'type': choice('imagefolder', 'synthetic', 'latents'), 'location': Key((str,), optional=True),
     'buckets': Key((dict,), optional=True, section=BUCKETS), 'log_space': BOOL, 'max_ratio_error': num(0, 10),
@@ -209,3 +211,112 @@ def check_merged(config: dict) -> None:
                          f"{', model.lora set' if mc.get('lora') else ''})")
     if config['text']['type'] == 'pretrained' and not config['text'].get('path'):
         raise ValueError("config key 'text.path' is required for text.type 'pretrained'")
+    if mc.get('num_timesteps', NUM_TIMESTEPS) != NUM_TIMESTEPS:
+        raise ValueError(f"config key 'model.num_timesteps' must be {NUM_TIMESTEPS} (the length of the ᾱ table "
+                         f"every model type trains on), got {mc['num_timesteps']}")
+    check_sizes(config)
+    check_text_layer(config['text'])
+    check_optimizer(config['optimizer'])
+    check_preview(config)
+    tw = config['dataset'].get('tag_weights')
+    if isinstance(tw, dict) and 'clip' in tw and not 0 <= tw['clip'][0] <= 1 <= tw['clip'][1] <= TAG_CLIP_MAX:
+        raise ValueError(f"config key 'dataset.tag_weights.clip' must be [w_min, w_max] with 0 <= w_min <= 1 <= "
+                         f"w_max <= {fmt(TAG_CLIP_MAX)} (weights are clipped around the mean 1), got {tw['clip']}")
+    ema = config['ema_sched']
+    if ema.get('min_value', 0) > ema.get('max_value', 1):
+        raise ValueError(f"config key 'ema_sched.min_value' ({ema['min_value']}) must not exceed "
+                         f"'ema_sched.max_value' ({ema['max_value']})")
+
+
+TAG_CLIP_MAX = 100.
+
+
+def bucket_list(dc: dict):
+    """The bucket list dataset.buckets makes (the report's when unset); a ValueError when it cannot."""
+    from .data.buckets import make_buckets
+    b = dc.get('buckets')
+    if b is None:
+        return make_buckets()
+    b = {'max_area': 512 * 768, 'max_side': 1024, 'min_side': 256, 'step': 64, **b}
+    if b['min_side'] > b['max_side']:
+        raise ValueError(f"config key 'dataset.buckets.min_side' ({b['min_side']}) must not exceed "
+                         f"'dataset.buckets.max_side' ({b['max_side']})")
+    wh = make_buckets(**b)
+    if not len(wh):
+        raise ValueError(f"config 'dataset.buckets' makes no bucket: no side in [min_side, max_side] = "
+                         f"[{b['min_side']}, {b['max_side']}] fits max_area {b['max_area']} at step {b['step']} "
+                         f"and 'extra' is empty")
+    return wh
+
+
+def check_sizes(config: dict) -> None:
+    """image_v1: channels, groups and heads that k-diffusion's U-Net can build, canvases its stages can halve."""
+    mc, dc = config['model'], config['dataset']
+    wh = bucket_list(dc)
+    if mc['type'] != 'image_v1':
+        return
+    n = len(mc['depths'])
+    if mc.get('skip_stages', 0) >= n:
+        raise ValueError(f"config key 'model.skip_stages' ({mc['skip_stages']}) must be below the number of "
+                         f"stages (len(model.depths) = {n})")
+    if mc['mapping_out'] % 2:
+        raise ValueError(f"config key 'model.mapping_out' must be even (Fourier features), got {mc['mapping_out']}")
+    attn = [a or c for a, c in zip(mc['self_attn_depths'], mc.get('cross_attn_depths') or mc['self_attn_depths'])]
+    for i, (c, a) in enumerate(zip(mc['channels'], attn)):
+        groups, heads = max(1, c // 32), max(1, c // 64)          # k-diffusion: group size 32, head size 64
+        if c % groups or (a and c % heads):
+            raise ValueError(f"config key 'model.channels[{i}]' = {c} must be divisible by its {groups} norm "
+                             f"groups (channels // 32){f' and {heads} attention heads (channels // 64)' if a else ''}"
+                             f", e.g. {max(32, c // 64 * 64)}")
+    if dc['type'] in ('imagefolder', 'synthetic') and mc['input_channels'] != 3:
+        raise ValueError(f"config key 'model.input_channels' must be 3 for RGB images (dataset.type "
+                         f"{dc['type']!r}), got {mc['input_channels']}")
+    if dc['type'] == 'latents':
+        return                                                   # the cache's canvases are checked when read
+    m = mc.get('patch_size', 1) * 2 ** max(0, n - 1 - mc.get('skip_stages', 0))
+    bad = [f'{w}x{h}' for w, h in wh.tolist() if w % m or h % m]
+    if bad:
+        raise ValueError(f"model.patch_size ({mc.get('patch_size', 1)}) × 2^(downsampling stages) = {m} must divide "
+                         f"every bucket side, but {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} do not "
+                         f"(change dataset.buckets or model.patch_size / model.depths)")
+
+
+def check_text_layer(tc: dict) -> None:
+    """text.layer indexes CLIP's hidden states: [-(L+1), L] for L layers (0: the embeddings)."""
+    if tc['type'] != 'clip':
+        return
+    for i, enc in enumerate(tc['encoders']):
+        if enc['hidden_size'] % enc['num_attention_heads']:
+            raise ValueError(f"config key 'text.encoders[{i}].hidden_size' ({enc['hidden_size']}) must be divisible "
+                             f"by its num_attention_heads ({enc['num_attention_heads']})")
+        n = enc['num_hidden_layers']
+        if not -(n + 1) <= tc['layer'] <= n:
+            raise ValueError(f"config key 'text.layer' ({tc['layer']}) must be in [{-(n + 1)}, {n}] for "
+                             f"text.encoders[{i}] with {n} layers (-1: the last layer, -2: the penultimate)")
+
+
+def check_optimizer(oc: dict) -> None:
+    if oc['type'] in ('adamw', 'adamw8bit') and not all(b < 1 for b in oc['betas']):
+        raise ValueError(f"config key 'optimizer.betas' must be two numbers in [0, 1), got {oc['betas']}")
+    if oc['type'] == 'adamw8bit':
+        import importlib.util
+        if importlib.util.find_spec('bitsandbytes') is None:
+            raise ValueError("optimizer.type 'adamw8bit' needs the bitsandbytes package (pip install bitsandbytes), "
+                             "or use 'adamw'")
+
+
+def check_preview(config: dict) -> None:
+    """training.preview: sampled by generation (SDXL only), so its values are checked as generation's fields."""
+    tc = config['training']
+    if not tc.get('preview_every') and not tc.get('preview'):
+        return
+    if config['model']['type'] != 'sdxl':
+        raise ValueError(f"config keys 'training.preview_every' / 'training.preview' need model.type 'sdxl' "
+                         f"(previews are sampled through an SDXL pipeline), got {config['model']['type']!r}")
+    from ..generation.params import check_fields
+    pc = dict(tc.get('preview') or {})
+    fields = {k: pc[k] for k in ('steps', 'scale', 'sampler', 'width', 'height') if pc.get(k) is not None}
+    check_fields(fields, where="config key 'training.preview': ")
+    for k in ('width', 'height'):
+        if pc.get(k) is not None and pc[k] % 8:
+            raise ValueError(f"config key 'training.preview.{k}' must be a multiple of 8 (the VAE's), got {pc[k]}")

@@ -20,6 +20,7 @@ names the newest. ``runs`` holds the out_dir rules (no run over a previous one, 
 
 import copy
 import json
+import math
 import os
 import random
 import shutil
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ..files import load_weights, save_weights
 from ..losses import sample_timesteps, v_loss
-from ..models.registry import build_denoiser, build_model
+from ..models.registry import CUSTOM_CODE_HINT, build_denoiser, build_model
 from ..models.trained import read_metadata, resolve_checkpoint
 from ..text import CachedText, build_text
 from . import runs
@@ -49,9 +50,13 @@ from .preview import SigmaBucketLoss
 class Trainer:
     """One training run: ``Trainer(config).run()``, or ``train_step()`` one optimizer step at a time."""
 
-    def __init__(self, config: Union[str, os.PathLike, dict], accelerator=None):
+    def __init__(self, config: Union[str, os.PathLike, dict], accelerator=None, trust_code: bool = False):
         import accelerate
         config = load_training_config(config)
+        if config['model']['type'] == 'module' and not trust_code:      # before any work
+            raise ValueError(f'refused model.target {str(config["model"].get("target"))[:120]!r}: '
+                             f'{CUSTOM_CODE_HINT}')
+        self.trust_code = trust_code
         tc = config['training']
         if not tc['out_dir']:
             raise ValueError('training.out_dir is not set: give it in the config or pass --out-dir')
@@ -104,7 +109,7 @@ class Trainer:
             self.tag_weights = torch.as_tensor(w, dtype=torch.float32)
 
     def _setup_model(self) -> None:
-        inner = build_model(self.config) if self.sdxl is None else self.sdxl.inner
+        inner = build_model(self.config, self.trust_code) if self.sdxl is None else self.sdxl.inner
         self.inner_ema = copy.deepcopy(inner).eval().requires_grad_(False)
         groups = self.sdxl.text_groups(self.config['optimizer']) if self.train_text else []
         opt = build_optimizer(self.config['optimizer'], inner, groups)
@@ -260,6 +265,18 @@ class Trainer:
         if self.step % self.config['training']['log_every'] == 0 or self.step == 1:
             tqdm.write(f"step {self.step}, loss {row['loss']:.5f}, lr {row['lr']:.3g}, ema {row['ema_decay']:.4f}")
 
+    def check_loss(self, loss: float) -> None:
+        """Stop at a non-finite loss (every rank sees the reduced value): nothing is saved, the last good
+        checkpoint stays the out_dir's latest."""
+        if math.isfinite(loss):
+            return
+        found = runs.checkpoints(self.out_dir)
+        kept = (f'the last good checkpoint {found[max(found)]} is kept (--resume {self.out_dir} continues from it)'
+                if found else 'no checkpoint was written before it')
+        raise runs.NonFiniteLoss(f'training stopped at step {self.step}: the loss is {loss} (not finite); nothing '
+                                 f'was saved for this step and {kept}; lower optimizer.lr, set training.grad_clip, '
+                                 f'or check model.sigma_data and the data')
+
     def run(self, resume: Optional[Union[str, os.PathLike]] = None, overwrite: bool = False) -> 'Trainer':
         """Train to training.steps, checkpointing every checkpoint_every steps and at the end.
 
@@ -283,7 +300,9 @@ class Trainer:
         bar = tqdm(total=tc['steps'], initial=self.step, disable=None if self.accelerator.is_main_process else True,
                    leave=False, unit='step')
         while self.step < tc['steps']:
-            self.log(self.train_step(), t0)
+            metrics = self.train_step()
+            self.check_loss(metrics['loss'])
+            self.log(metrics, t0)
             bar.update(1)
             if tc.get('preview_every') and self.step % tc['preview_every'] == 0:
                 self.preview()

@@ -136,3 +136,34 @@ def test_gpu_benchmark_smoke(tmp_path, capsys):
     rows = payload['rows']
     assert [r['batch'] for r in rows] == [1, 4] and rows[0]['clamp_4096_vs_diffusers'] < 1e-3
     assert all(r['package (from ∞)']['median_s'] > 0 and r['diffusers']['median_s'] > 0 for r in rows)
+
+
+def test_defaults_study_smoke(tmp_path):
+    """benchmarks/defaults.py --smoke on the embedded witness: rows for every sampler × schedule, the tables and
+    the plot, the witness's data statistics recomputed from its config."""
+    payload = load('defaults').main(['--smoke', '--out', str(tmp_path), '--schedules', 'recommended', 'native',
+                                     'karras ρ=7'])
+    for ext in ('md', 'json', 'png'):
+        assert (tmp_path / f'defaults_study.{ext}').stat().st_size > 0
+    rows = payload['rows']
+    assert {(r['sampler'], r['schedule']) for r in rows} == {(s, k) for s in ('euler', 'dpmpp_2m_sde')
+                                                              for k in ('recommended', 'native', 'karras ρ=7')}
+    assert all(0 <= r['black'] <= 1 and 0 <= r['white'] <= 1 and len(r['uncond']) == 4 for r in rows)
+    assert all('dspread_lo' in r and r['dspread_lo'] <= r['dspread_hi'] for r in rows)
+    data = payload['data']['embedded']
+    assert data['n'] == 2048 and 0 < data['spread'] < 0.5
+    assert data['solid']['completely black']['mean'] == 0 and data['solid']['completely white']['mean'] == 1
+
+
+def test_photo_witness_data_is_a_function_of_its_config():
+    """The held-out witness's crops are reproducible from (seed, index) and span dark to bright photographs."""
+    import numpy as np
+    w = load('witnesses')
+    a, cap_a = w.photo_item(7)
+    b, cap_b = w.photo_item(7)
+    assert np.array_equal(a, b) and cap_a == cap_b and a.shape == (32, 32, 3)
+    cfg = w.photo_config(n=64)
+    ims, caps = w.data_images('photos', cfg)
+    assert len(ims) == 64 and set(caps) & set(w.SOLID) and set(caps) - set(w.SOLID)
+    bright = ims.mean(axis=(1, 2, 3))
+    assert bright.min() == 0 and bright.max() == 1 and 0.1 < bright.std() < 0.5

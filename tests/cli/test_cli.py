@@ -42,8 +42,11 @@ def test_sample_inspect_rerun(ckpt, tmp_path, capsys):
     capsys.readouterr()
     run(['inspect', files[1]])
     assert json.loads(capsys.readouterr().out) == meta
-    # re-running from the metadata reproduces the second image of the batch as a single run
-    run(['sample', '--from-image', files[1], '--out', tmp_path / 'b', '--quiet'])
+    # re-running from the metadata reproduces the second image of the batch as a single run; the model path
+    # the image names is never opened by itself: the user passes --model
+    assert cli.main(['sample', '--from-image', str(files[1]), '--out', str(tmp_path / 'b')]) == 2
+    assert 'not opened' in capsys.readouterr().err
+    run(['sample', '--from-image', files[1], '--model', ckpt, '--out', tmp_path / 'b', '--quiet'])
     assert np.abs(png(tmp_path / 'b' / '00000-8.png').astype(int) - png(files[1]).astype(int)).max() <= 1
 
 
@@ -138,8 +141,7 @@ def expect_error(args, match, capsys):
 def test_errors(ckpt, tmp_path, capsys):
     base = ['sample', 'x', '--model', str(ckpt), '--steps', '2', '--out', str(tmp_path), '--quiet']
     expect_error(base + ['--width', '15', '--height', '16'], 'multiples of', capsys)
-    with pytest.raises(SystemExit):                                   # argparse's own choices check
-        cli.main(base + ['--sampler', 'nope'])
+    expect_error(base + ['--sampler', 'nope'], "--sampler: unknown sampler 'nope'", capsys)   # one error line
     expect_error(['sample', 'x', '--model', tmp_path / 'missing'], 'model not found', capsys)
     bad = tmp_path / 'bad.png'
     bad.write_bytes(b'not a png')

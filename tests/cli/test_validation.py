@@ -109,8 +109,8 @@ def test_from_image_metadata_validated_like_options(meta, match, tmp_path, capsy
 
 def test_metadata_not_an_object_and_a1111_garbage(tmp_path, capsys):
     expect_error(['inspect', png_with(tmp_path / 'a.png', {'Comment': '[1, 2]'})], 'JSON object', capsys)
-    expect_error(['inspect', png_with(tmp_path / 'b.png', {'parameters': 'p\nSize: 12'})],
-                 ['b.png', 'unreadable generation metadata'], capsys)
+    expect_error(['inspect', png_with(tmp_path / 'b.png', {'parameters': 'p\nSteps: 4, Seed: 1, Size: 12'})],
+                 ['b.png', 'unreadable generation metadata', 'not WIDTHxHEIGHT'], capsys)
 
 
 def test_alpha_gzip_bomb_is_capped(tmp_path, capsys):

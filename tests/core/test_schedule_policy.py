@@ -18,13 +18,39 @@ def test_every_schedule_from_inf_has_n_model_calls(kind, exact, clamped):
     S.validate_sigmas(P.sigmas_from_inf(clamped, kind, 28))                  # a table without ∞: its own top
 
 
-def test_recommended_resolves_per_sampler(exact):
-    for sampler in ('euler', 'euler_ancestral', 'dpmpp_2m', 'dpmpp_2m_sde', 'dpmpp_sde', 'dpmpp_3m_sde', 'heun'):
-        spec = P.recommended(sampler)
-        torch.testing.assert_close(P.sigmas_from_inf(exact, 'recommended', 20, sampler=sampler),
-                                   P.build(exact, spec, 20))
-        if spec.top is not None and spec.family != 'native':
-            assert P.build(exact, spec, 20)[1].item() == pytest.approx(spec.top, rel=1e-4)
+def test_recommended_is_native_on_the_models_canvas_and_scales_its_first_sigma_with_the_side(exact):
+    """Report §2.3: below KARRAS_FROM_STEPS (and always for NATIVE_ALWAYS) the default on the model's own canvas
+    (or none given) is the native schedule bit for bit; on a canvas ×k wider its first finite σ is ×k, the rest
+    t-uniform from there, never beyond the table's top. From KARRAS_FROM_STEPS: Karras ρ=7 from the table's top."""
+    for sampler in ('euler', 'euler_ancestral', 'dpmpp_2m', 'dpmpp_2m_sde', 'dpmpp_sde', 'dpmpp_3m_sde', 'heun',
+                    'dpm_2_ancestral'):
+        for steps in (8, 12, 27, 28, 50):
+            native = P.sigmas_from_inf(exact, 'native', steps)
+            got = P.sigmas_from_inf(exact, 'recommended', steps, sampler=sampler)
+            if steps >= P.KARRAS_FROM_STEPS and sampler not in P.NATIVE_ALWAYS:
+                assert torch.equal(got, P.sigmas_from_inf(exact, 'karras', steps))
+                continue
+            assert torch.equal(got, native)
+            assert torch.equal(P.sigmas_from_inf(exact, 'recommended', steps, sampler=sampler, side=512,
+                                                 base_side=1024), native)        # smaller canvas: native
+            wide = P.sigmas_from_inf(exact, 'recommended', steps, sampler=sampler, side=2048, base_side=1024)
+            assert math.isinf(wide[0]) and wide[1].item() == pytest.approx(2 * native[1].item(), rel=1e-5)
+            torch.testing.assert_close(wide, S.get_sigmas_normal(steps, exact.sigmas, wide[1].item()))
+    huge = P.sigmas_from_inf(exact, 'recommended', 12, side=1024 * 1000, base_side=1024)
+    assert huge[1].item() == pytest.approx(exact.sigma_max_finite.item(), rel=1e-5)
+    with pytest.raises(ValueError, match='positive'):
+        P.recommended('euler', 28, side=0, base_side=1024)
+
+
+def test_generate_resolves_recommended_for_its_canvas():
+    """`generate` passes √(w·h) and the pipeline's base side: the embedded model (32) at 64×64 doubles σ₁."""
+    from kdiff_ztsnr.generation.generate import make_sigmas
+    from kdiff_ztsnr.generation.lookup import load_pipeline
+    m = load_pipeline('embedded').denoiser()
+    native = make_sigmas(m, 'native', 12)
+    assert torch.equal(make_sigmas(m, 'recommended', 12, sampler='heun', side=32, base_side=32), native)
+    assert make_sigmas(m, 'recommended', 12, side=64, base_side=32)[1].item() == pytest.approx(
+        2 * native[1].item(), rel=1e-5)
 
 
 def test_clamp_replaces_only_the_start(exact):

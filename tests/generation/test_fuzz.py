@@ -130,5 +130,82 @@ def test_truncated_safetensors(tmp_path, cut):
     save_file({'w': torch.ones(4, 4)}, str(tmp_path / 'ok.safetensors'), metadata={'config': '{}'})
     data = (tmp_path / 'ok.safetensors').read_bytes()
     (tmp_path / 'cut.safetensors').write_bytes(data[:cut])
-    with pytest.raises(ValueError, match='cut.safetensors: not a readable .safetensors file'):
+    with pytest.raises(ValueError, match='cut.safetensors: not a valid .safetensors file'):
         load_safetensors(tmp_path / 'cut.safetensors')
+
+
+DTYPES = ['F64', 'F32', 'F16', 'BF16', 'F8_E4M3', 'F8_E5M2', 'I64', 'I32', 'I16', 'I8', 'U8', 'BOOL', 'C64', 'U16',
+          'F4', 'XX', '', 3]
+SIZES = st.integers(0, 6) | st.sampled_from([-4, 2 ** 31, 2 ** 40, 2 ** 63, 2 ** 64 - 1]) | st.just('4')
+ENTRY = st.fixed_dictionaries({'dtype': st.sampled_from(DTYPES), 'shape': st.lists(SIZES, max_size=3),
+                               'data_offsets': st.lists(st.integers(-1, 80) | st.sampled_from([2 ** 42, 2 ** 64]),
+                                                        min_size=0, max_size=3)}) | JSONISH
+
+
+READ_OK = []            # files the fuzz read successfully (checked below: the generator reaches valid files)
+
+
+@st.composite
+def tiled_entries(draw):
+    """Entries whose offsets tile the data (valid, as the library requires), then one of them perturbed."""
+    header, end = {}, 0
+    for i in range(draw(st.integers(0, 4))):
+        dtype = draw(st.sampled_from(['F32', 'F16', 'I8', 'BOOL', 'BF16']))
+        shape = draw(st.lists(st.integers(0, 3), max_size=2))
+        n = int(np.prod(shape)) * {'F32': 4, 'F16': 2, 'BF16': 2}.get(dtype, 1)
+        header[f't{i}'] = {'dtype': dtype, 'shape': shape, 'data_offsets': [end, end + n]}
+        end += n
+    if header and draw(st.booleans()):
+        e = header[draw(st.sampled_from(sorted(header)))]
+        field = draw(st.sampled_from(['dtype', 'shape', 'data_offsets']))
+        e[field] = draw({'dtype': st.sampled_from(DTYPES), 'shape': st.lists(SIZES, max_size=3),
+                         'data_offsets': st.lists(st.integers(-1, 80) | st.just(2 ** 42), max_size=3)}[field])
+    return header, end + draw(st.integers(-4, 4))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(st.one_of(
+    tiled_entries(),
+    st.tuples(st.dictionaries(st.text(max_size=6), ENTRY, max_size=4), st.integers(0, 64)),
+    st.tuples(st.dictionaries(st.sampled_from(['__metadata__', 'w']),
+                              st.dictionaries(st.text(max_size=6), JSONISH, max_size=3) | JSONISH, max_size=2),
+              st.integers(0, 16))),
+       st.sampled_from([None, 0, 7, 2 ** 27, 2 ** 60, 2 ** 64 - 1]))
+def test_fuzz_model_reader(tmp_path, case, length):
+    """The model reader over generated headers, entries and offsets: a file is read (tensors no larger than the
+    file) or refused with one ValueError naming it; never another exception, a hang or a large allocation."""
+    import signal
+    from kdiff_ztsnr.files import SafetensorsReader
+    from kdiff_ztsnr.models.sdxl.loading import inspect_model
+    header, n_data = case
+    h = json.dumps(header).encode()
+    path = tmp_path / 'f.safetensors'
+    data = (bytes(range(256)) * (1 + max(n_data, 0) // 256))[:max(n_data, 0)]
+    path.write_bytes(struct.pack('<Q', len(h) if length is None else length) + h + data)
+    size = path.stat().st_size
+
+    def hang(*_):
+        raise TimeoutError('the reader hung')
+    old = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(30)
+    try:
+        for read in (lambda p: SafetensorsReader(p).read_all(), load_safetensors, inspect_model, read_st_metadata):
+            try:
+                out = read(path)
+            except ValueError as e:
+                assert 'f.safetensors' in str(e) and '\n' not in str(e), e
+                continue
+            if read is load_safetensors:
+                READ_OK.append(len(out))
+                assert sum(t.numel() * t.element_size() for t in out.values()) <= size
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_fuzz_model_reader_reads_valid_files():
+    """The fuzz above is not only refusals: some generated files are valid and read (run after it)."""
+    if not READ_OK:
+        pytest.skip('run together with test_fuzz_model_reader')
+    assert len(READ_OK) >= 5

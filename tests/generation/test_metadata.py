@@ -31,8 +31,9 @@ def test_a1111_text_round_trip(params):
     assert text.startswith('completely black, {dark}\nNegative prompt: lowres, "quoted"\nSteps: 12, ')
     assert 'Size: 64x32' in text
     back = parse_a1111(text)
-    assert {k: back[k] for k in params} == params
-    assert set(back) - set(params) == {'rng', 'zero_terminal_snr'}      # A1111's RNG / Forge's Noise Schedule
+    assert GenerationParams.from_dict(back).to_dict() == params        # strength 1 (text-to-image) is not written
+    assert 'Denoising strength' not in text and 'None' not in text
+    assert set(back) - set(params) == {'rng', 'zero_terminal_snr', 'a1111'}   # RNG, Noise Schedule, Version
 
 
 def test_a1111_only_png(tmp_path, params):
@@ -41,7 +42,7 @@ def test_a1111_only_png(tmp_path, params):
     info.add_text('parameters', a1111_text(params))
     image().save(tmp_path / 'b.png', pnginfo=info)
     back = read_metadata(tmp_path / 'b.png')
-    assert {k: back[k] for k in params} == params
+    assert GenerationParams.from_dict(back).to_dict() == params
 
 
 def test_alpha_channel_round_trip(tmp_path, params):

@@ -142,7 +142,7 @@ def test_host_first_step_differs_as_predicted(comfy, oracle):
     """ComfyUI's own Euler from 4518.76: x₁ − x₁* ≈ (σ₁·F + n)/σ₀ with F = −D(n; ∞) (what the exact step buys)."""
     from k_diffusion.sampling import sample_euler
     patcher, guider = comfy_model(comfy, oracle, 1.)
-    sigmas = comfy_sampler.comfy_sigmas(patcher.get_model_object('model_sampling'), 'recommended', 8)
+    sigmas = comfy_sampler.comfy_sigmas(patcher.get_model_object('model_sampling'), 'karras', 8)   # σ₁ 2254
     noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     _, host_1 = first_state(lambda cb: comfy.samplers.KSAMPLER(sample_euler).sample(guider, sigmas, {}, cb, noise))
     fn = comfy_sampler.exact_sampler_function('euler')

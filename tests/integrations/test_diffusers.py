@@ -195,3 +195,96 @@ def test_pipeline_save_and_reload_keeps_the_scheduler(tiny, tmp_path):
     back = StableDiffusionXLPipeline.from_pretrained(tmp_path / 'p')
     assert isinstance(back.scheduler, ZTSNRScheduler)
     assert (back.scheduler.config.sampler, back.scheduler.config.schedule) == ('dpmpp_2m', 'native')
+
+
+# ------------------------------------------------------------------------------------------- SDXL pipeline features
+
+
+def txt2img(pipe, steps=4, seed=11, generator=None, **kw):
+    with torch.no_grad():
+        return pipe(**kw, num_inference_steps=steps, guidance_scale=5., width=64, height=64, output_type='latent',
+                    generator=generator or torch.Generator().manual_seed(seed)).images
+
+
+def test_callback_on_step_end_sees_every_step_from_infinity(tiny):
+    pipe = diffusers_sdxl(tiny, scheduler(sampler='dpmpp_2m', schedule='karras'))
+    seen = []
+
+    def callback(p, i, t, kw):
+        seen.append((i, float(t), kw['latents'].isfinite().all().item()))
+        return {}
+
+    got = txt2img(pipe, **sdxl_embeds(tiny, 'a cat', 'lowres'), callback_on_step_end=callback,
+                  callback_on_step_end_tensor_inputs=['latents'])
+    assert [s[0] for s in seen] == [0, 1, 2, 3] and all(s[2] for s in seen)
+    assert [s[1] for s in seen] == pipe.scheduler.timesteps.tolist() and seen[0][1] == 999.
+    assert torch.equal(got, txt2img(pipe, **sdxl_embeds(tiny, 'a cat', 'lowres')))   # the callback changes nothing
+
+
+def test_generator_list_and_num_images_per_prompt_are_per_image(tiny):
+    """Image k of a batch of 2 (Euler a: noise at every step) = the single run with generator k."""
+    pipe = diffusers_sdxl(tiny, scheduler(sampler='euler_ancestral', schedule='karras'))
+    emb = sdxl_embeds(tiny, 'a cat', 'lowres')
+    batch = txt2img(pipe, **emb, num_images_per_prompt=2,
+                    generator=[torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)])
+    assert batch.shape[0] == 2
+    for k, seed in enumerate((5, 6)):
+        one = txt2img(pipe, **emb, seed=seed)
+        assert (batch[k:k + 1] - one).abs().max() <= float32_tolerance(pipe.scheduler.sigmas, one, seed)
+
+
+def test_sigmas_argument_is_the_same_schedule(tiny):
+    pipe = diffusers_sdxl(tiny, scheduler(sampler='euler', schedule='exponential'))
+    emb = sdxl_embeds(tiny, 'a cat', 'lowres')
+    want = txt2img(pipe, **emb)
+    sigmas = pipe.scheduler.sigmas[:-1].tolist()                            # [∞, …, σ_min]; the 0 is appended
+    with torch.no_grad():
+        got = pipe(**emb, sigmas=sigmas, guidance_scale=5., width=64, height=64, output_type='latent',
+                   generator=torch.Generator().manual_seed(11)).images
+    assert math.isinf(sigmas[0]) and torch.equal(got, want)
+
+
+def test_refiner_hand_off_equals_one_run(tiny):
+    """Base with denoising_end=0.5, then img2img with denoising_start=0.5 on its latents = one 6-step run (Euler
+    keeps no history, so the split loses nothing); the img2img part starts at set_begin_index."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    pipe = diffusers_sdxl(tiny, scheduler(sampler='euler', schedule='native'))
+    emb = sdxl_embeds(tiny, 'a cat', 'lowres')
+    want = txt2img(pipe, steps=6, **emb)
+    half = txt2img(pipe, steps=6, **emb, denoising_end=0.5)
+    refiner = StableDiffusionXLImg2ImgPipeline(**{k: pipe.components[k] for k in (
+        'vae', 'text_encoder', 'text_encoder_2', 'tokenizer', 'tokenizer_2', 'unet', 'scheduler')})
+    with torch.no_grad():
+        got = refiner(**emb, image=half, denoising_start=0.5, num_inference_steps=6, guidance_scale=5.,
+                      output_type='latent', generator=torch.Generator().manual_seed(11)).images
+    first = (pipe.scheduler.timesteps >= 500).sum().item()
+    assert 0 < first < 6 and pipe.scheduler.begin_index == first
+    assert (got - want).abs().max() <= float32_tolerance(pipe.scheduler.sigmas, want, 11)
+
+
+def test_inpaint_pipeline_keeps_the_unmasked_latents(tiny):
+    """StableDiffusionXLInpaintPipeline (4-channel UNet: re-noises the init latents to σ_{i+1} with add_noise after
+    each step): where the mask is 0 the result is the init latents exactly; a mask of 1 everywhere is txt2img."""
+    from diffusers import StableDiffusionXLInpaintPipeline
+    from PIL import Image
+    import numpy as np
+    base = diffusers_sdxl(tiny, scheduler(sampler='dpmpp_2m', schedule='karras'))
+    pipe = StableDiffusionXLInpaintPipeline(**{k: base.components[k] for k in (
+        'vae', 'text_encoder', 'text_encoder_2', 'tokenizer', 'tokenizer_2', 'unet', 'scheduler')})
+    emb = sdxl_embeds(tiny, 'a cat', 'lowres')
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    left = np.zeros((64, 64), np.uint8)
+    left[:, :32] = 255                                                       # repaint the left half
+    runs, noise = {}, torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    for name, mask in (('left', left), ('all', np.full((64, 64), 255, np.uint8))):
+        with torch.no_grad():                 # the VAE encode draws from the generator first: noise given
+            runs[name] = pipe(**emb, image=image, mask_image=Image.fromarray(mask), strength=1., latents=noise,
+                              num_inference_steps=4, guidance_scale=5., width=64, height=64, output_type='latent',
+                              generator=torch.Generator().manual_seed(11)).images
+    with torch.no_grad():
+        init = pipe._encode_vae_image(pipe.image_processor.preprocess(image), torch.Generator().manual_seed(11))
+    assert runs['left'].isfinite().all()
+    assert torch.equal(runs['left'][..., 4:], init[..., 4:])                 # latents 8×8: columns 4… kept
+    assert not torch.allclose(runs['left'][..., :4], init[..., :4])
+    want = txt2img(base, **emb, latents=noise)
+    assert (runs['all'] - want).abs().max() <= float32_tolerance(base.scheduler.sigmas, want, 3)

@@ -71,8 +71,11 @@ def test_image_v1_inner_contract():
 def test_build_model_types():
     with pytest.raises(ValueError, match='unknown model type'):
         models.build_model({'model': {'type': 'nope'}})
-    conv = models.build_model({'model': {'type': 'module', 'target': 'torch.nn:Conv2d',
-                                         'kwargs': {'in_channels': 3, 'out_channels': 3, 'kernel_size': 1}}})
+    custom = {'model': {'type': 'module', 'target': 'torch.nn:Conv2d',
+                        'kwargs': {'in_channels': 3, 'out_channels': 3, 'kernel_size': 1}}}
+    with pytest.raises(ValueError, match='--trust-code'):           # code only from a config the user trusts
+        models.build_model(custom)
+    conv = models.build_model(custom, trust_code=True)
     assert isinstance(conv, torch.nn.Conv2d)
     den = models.build_denoiser({'model': dict(MODEL)})
     assert math.isinf(den.t_to_sigma(torch.tensor(999.)).item())

@@ -128,7 +128,7 @@ def test_truncated_safetensors_named(run_dir, tmp_path, capsys):
     data = (ckpt / 'ema.safetensors').read_bytes()
     (ckpt / 'ema.safetensors').write_bytes(data[:len(data) // 2])
     expect_error(['sample', 'x', '--model', run_dir, '--out', tmp_path / 'o'],
-                 ['ema.safetensors', 'truncated or corrupt'], capsys)
+                 ['ema.safetensors', 'truncated'], capsys)
     (ckpt / 'ema.safetensors').write_bytes(b'\xff' * 7)
     expect_error(['sample', 'x', '--model', run_dir, '--out', tmp_path / 'o'], 'ema.safetensors', capsys)
 

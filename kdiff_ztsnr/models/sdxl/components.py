@@ -5,7 +5,6 @@ Components are built from configs alone (no download): randomly initialised, or 
 """
 
 import contextlib
-import json
 import os
 from pathlib import Path
 from typing import Union
@@ -31,8 +30,8 @@ def component_config(config: ConfigLike, component: str) -> dict:
         config = CONFIG_DIR / DEFAULT_CONFIGS[component]
     if isinstance(config, dict):
         return dict(config)
-    with open(config) as f:
-        return json.load(f)
+    from ...untrusted import read_json_object
+    return read_json_object(config, f'{component} config')
 
 
 def build_component(component: str, config: dict, empty: bool = False) -> nn.Module:

@@ -14,12 +14,25 @@ from .prediction import markers, scheduler_config
 from .saving import MODEL_INDEX
 
 
+def export_targets(out: Path) -> list[Path]:
+    """The files and folders export_diffusers_config writes under out."""
+    return ([out / c / 'config.json' for c in COMPONENTS] + [out / 'tokenizer', out / 'tokenizer_2',
+            out / 'scheduler' / 'scheduler_config.json', out / 'model_index.json'])
+
+
 def export_diffusers_config(out: PathLike, model: Optional[PathLike] = None, config: Optional[PathLike] = None,
-                            zero_terminal_snr: Optional[bool] = None) -> list[Path]:
+                            zero_terminal_snr: Optional[bool] = None, overwrite: bool = False) -> list[Path]:
     """Write DIR/{unet,vae,text_encoder,text_encoder_2}/config.json, tokenizer[_2]/, scheduler/, model_index.json;
-    returns the files written. ZTSNR: the override, else the model file's markers, else True."""
+    returns the files written. ZTSNR: the override, else the model file's markers, else True. Existing files
+    are refused unless overwrite."""
     from .loading import SingleFile, sdxl_tokenizers
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f'{out} is a file; give a folder for the configs')
+    there = [p for p in export_targets(out) if p.exists()]
+    if there and not overwrite:
+        shown = ', '.join(str(p.relative_to(out)) for p in there[:3]) + (' …' if len(there) > 3 else '')
+        raise ValueError(f'{out} already holds {shown}; choose an empty folder or pass --overwrite to replace them')
     if model is not None and not Path(model).is_file():
         raise FileNotFoundError(f'--model {model}: no such file (an SDXL single-file .safetensors)')
     if zero_terminal_snr is None and model is not None:

@@ -154,7 +154,7 @@ def sgm_state_dict(unet: nn.Module, vae: nn.Module, text_encoder: nn.Module,
 
 
 def convert_component(component: str, sd: dict[str, Tensor], configs: dict[str, dict],
-                      text_encoder_2: Optional[nn.Module] = None) -> dict[str, Tensor]:
+                      text_encoder_2: Optional[nn.Module] = None, source: str = 'the checkpoint') -> dict[str, Tensor]:
     """One component's SGM keys (prefixed; other keys may be present) → diffusers names, by diffusers' own
     single-file converters. Tensors keep their dtype and device."""
     from diffusers.loaders import single_file_utils as sfu
@@ -164,7 +164,7 @@ def convert_component(component: str, sd: dict[str, Tensor], configs: dict[str, 
         if component == 'vae':
             return sfu.convert_ldm_vae_checkpoint(sd, configs['vae'])
     except (KeyError, IndexError) as e:
-        raise CheckpointError(f'the checkpoint does not fit the {component} config (conversion failed at {e}); '
+        raise CheckpointError(f'{source} does not fit the {component} config (conversion failed at {e}); '
                               f'pass the matching {component}_config= (CLI: --config DIR)') from e
     if component == 'text_encoder':
         return sfu.convert_ldm_clip_checkpoint(sd)

@@ -12,7 +12,7 @@ latent sizes its downsampling does not divide. Size conditioning defaults to ori
 """
 
 import copy
-import json
+import os
 import warnings
 from pathlib import Path
 from typing import Optional, Union
@@ -20,9 +20,10 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ...files import load_safetensors
+from ...files import SafetensorsReader
 from ...text import TextConditioner, get_tokenizer
-from ..alphas import alphas_cumprod_for
+from ...untrusted import check_folder_files, read_json_object, regular_file, torch_load_weights
+from ..alphas import alphas_cumprod_for, check_scheduler_config
 from ..bundle import Pipeline
 from .components import COMPONENTS, SGM_PREFIXES, ConfigLike, PathLike, build_component, component_config
 from .keys import CheckpointError, convert_component, sgm_key_fn
@@ -64,9 +65,10 @@ def check_state_dict(model: nn.Module, sd: dict[str, Tensor], component: str, co
 
 
 def load_component(component: str, config: dict, sd: dict[str, Tensor], dtype: torch.dtype,
-                   source: str = 'the checkpoint') -> nn.Module:
-    """Build one component on the meta device and load a converted state dict into it, checked."""
-    model = build_component(component, config, empty=True)
+                   source: str = 'the checkpoint', model: Optional[nn.Module] = None) -> nn.Module:
+    """Build one component on the meta device (or take the one given) and load a converted state dict into it,
+    checked."""
+    model = build_component(component, config, empty=True) if model is None else model
     sd = _fit_keys(model, sd)
     check_state_dict(model, sd, component, config, source)
     sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
@@ -83,71 +85,66 @@ def sdxl_tokenizers():
 
 def read_checkpoint(path: PathLike) -> dict[str, Tensor]:
     """A single-file state dict (.safetensors; .ckpt/.pt through torch.load(weights_only=True))."""
-    path = Path(path)
+    path = regular_file(path, 'checkpoint file')
     if path.suffix == '.safetensors':
-        return load_safetensors(path)
-    sd = torch.load(path, map_location='cpu', weights_only=True)
-    return sd.get('state_dict', sd)
+        return SafetensorsReader(path, 'checkpoint file').read_all()
+    try:
+        sd = torch_load_weights(path)
+    except Exception as e:                       # pickle.UnpicklingError, RuntimeError, EOFError, …
+        raise CheckpointError(f'{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})') from None
+    sd = sd.get('state_dict', sd) if isinstance(sd, dict) else sd
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in sd.items()):
+        raise CheckpointError(f'{path}: not a state dict of named tensors')
+    return sd
 
 
 def _cast(t: Tensor, dtype: torch.dtype, device) -> Tensor:
     return t.to(device, dtype) if t.is_floating_point() else t.to(device)
 
 
-ST_DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16,
-             'I64': torch.int64, 'I32': torch.int32, 'I16': torch.int16, 'I8': torch.int8, 'U8': torch.uint8,
-             'BOOL': torch.bool}
-
-
-def safetensors_header(path: PathLike) -> tuple[dict, int]:
-    """(tensor name → {dtype, shape, data_offsets}, offset of the data) from a .safetensors file's header."""
-    with open(path, 'rb') as f:
-        n = int.from_bytes(f.read(8), 'little')
-        header = json.loads(f.read(n))
-    header.pop('__metadata__', None)
-    return header, 8 + n
-
-
 class SingleFile:
     """A single file read one component at a time, each tensor cast to its target dtype and device as it is
-    read, so the host never holds the whole file nor an fp32 copy. .safetensors tensors are read with plain file
-    reads into their own buffers (a memory map would also count every page it touched in RSS while open)."""
+    read (safetensors' get_tensor, `SafetensorsReader`), so the host never holds the whole file nor an fp32
+    copy. ``declared`` gives a component as meta tensors of the declared shapes, to check before reading."""
 
     def __init__(self, path: PathLike):
         self.path = Path(path)
-        self.sd = None
+        self.sd, self.reader, self.metadata = None, None, {}
         if self.path.suffix == '.safetensors':
-            self.header, self.base = safetensors_header(self.path)
-            self.keys = list(self.header)
+            self.reader = SafetensorsReader(self.path, 'model file')
+            self.keys, self.metadata = self.reader.keys, self.reader.metadata
         else:
             self.sd = read_checkpoint(self.path)
             self.keys = list(self.sd)
 
-    def _read(self, f, key: str) -> Tensor:
-        info = self.header[key]
-        t = torch.empty(info['shape'], dtype=ST_DTYPES[info['dtype']])
-        start, end = info['data_offsets']
-        if end > start:
-            f.seek(self.base + start)
-            if f.readinto(t.reshape(-1).view(torch.uint8).numpy()) != end - start:
-                raise CheckpointError(f'{self.path}: truncated file (tensor {key})')
-        return t
+    def _names(self, prefix: str) -> list[str]:
+        return [k for k in self.keys if k.startswith(prefix)]
+
+    def declared(self, prefix: str) -> dict[str, Tensor]:
+        if self.sd is not None:
+            return {k: torch.empty_like(self.sd[k], device='meta') for k in self._names(prefix)}
+        return self.reader.meta_tensors(self._names(prefix))
 
     def component(self, prefix: str, dtype: torch.dtype, device) -> dict[str, Tensor]:
-        names = [k for k in self.keys if k.startswith(prefix)]
+        names = self._names(prefix)
         if self.sd is not None:
             return {k: _cast(self.sd.pop(k), dtype, device) for k in names}
-        with open(self.path, 'rb', buffering=0) as f:
-            return {k: _cast(self._read(f, k), dtype, device) for k in names}
+        return self.reader.read(names, dtype, device)
 
 
-def check_sgm_layout(sd: dict[str, Tensor], source: str) -> None:
-    """Raise CheckpointError unless all four SGM component prefixes are present."""
+def check_sgm_layout(sd: dict[str, Tensor], source: str, metadata: Optional[dict] = None) -> None:
+    """Raise CheckpointError unless all four SGM component prefixes are present (saying what the file is)."""
     missing = [p for p in SGM_PREFIXES.values() if not any(k.startswith(p) for k in sd)]
     if not missing:
         return
+    if 'config' in (metadata or {}):
+        raise CheckpointError(f'{source}: a kdiff-ztsnr trainer weights file (its metadata holds the training '
+                              f'config), not an SDXL model: pass its checkpoint folder {Path(source).parent} '
+                              f'as --model')
     hint = (' It looks like an SD1/SD2 checkpoint (cond_stage_model.*).' if any(k.startswith('cond_stage_model.')
-                                                                                for k in sd) else '')
+                                                                                for k in sd) else
+            ' It looks like a LoRA: pass it with --lora.' if any(k.startswith(('lora_unet_', 'lora_te'))
+                                                                 or '.lora_' in k for k in sd) else '')
     found = sorted({k.split('.')[0] for k in sd})
     raise CheckpointError(f'{source}: not an SDXL checkpoint in the SGM layout: no keys under '
                           f'{", ".join(missing)} (top-level names found: {_examples(found, 6)}).{hint}')
@@ -161,16 +158,21 @@ def _vae_dtype(dtype: torch.dtype, vae_config: dict) -> torch.dtype:
 def _single_file(path: Path, dtype: torch.dtype, vae_dtype: Optional[torch.dtype], configs: dict[str, dict],
                  prediction_type, zero_terminal_snr, device) -> tuple[list, bool, dict, str]:
     f = SingleFile(path)
+    check_sgm_layout(dict.fromkeys(f.keys), str(path), f.metadata)
     found_pred, found_ztsnr = markers(f.keys)
     ztsnr = resolve_prediction(found_pred, found_ztsnr, prediction_type, zero_terminal_snr, str(path))
     detected = describe(found_pred, found_ztsnr, prediction_type, zero_terminal_snr, 'marker keys')
-    check_sgm_layout(dict.fromkeys(f.keys), str(path))
     dtypes = {c: dtype for c in COMPONENTS} | {'vae': vae_dtype or _vae_dtype(dtype, configs['vae'])}
     te2 = build_component('text_encoder_2', configs['text_encoder_2'], empty=True)
+    empty = {}
+    for c in COMPONENTS:                     # every declared shape checked against the configs before any read
+        empty[c] = build_component(c, configs[c], empty=True)
+        check_state_dict(empty[c], _fit_keys(empty[c], convert_component(c, f.declared(SGM_PREFIXES[c]), configs,
+                                                                          te2, str(path))), c, configs[c], str(path))
     models = []
     for c in COMPONENTS:                     # one component in memory at a time, already in its dtype/device
         sd = convert_component(c, f.component(SGM_PREFIXES[c], dtypes[c], device), configs, te2)
-        models.append(load_component(c, configs[c], sd, dtypes[c], str(path)))
+        models.append(load_component(c, configs[c], sd, dtypes[c], str(path), empty.pop(c)))
         del sd
     text = TextConditioner(models[2:], sdxl_tokenizers())
     return [models[0], models[1], text], ztsnr, {}, detected
@@ -182,8 +184,11 @@ def _folder(path: Path, dtype: torch.dtype, vae_dtype: Optional[torch.dtype], pr
     if missing:
         raise FileNotFoundError(f'{path}: not a complete SDXL diffusers folder: missing '
                                 f'{", ".join(m + "/" for m in missing)}')
-    sched_file = path / 'scheduler' / 'scheduler_config.json'
-    sched = json.loads(sched_file.read_text()) if sched_file.is_file() else None
+    check_folder_files(path)
+    for c in COMPONENTS:                     # the libraries read these; a malformed one is named here first
+        if os.path.lexists(path / c / 'config.json'):
+            read_json_object(path / c / 'config.json', f'{c} config')
+    sched = read_scheduler_config(path)
     found_pred = {'v_prediction': 'v', 'epsilon': 'epsilon', None: None}.get(
         (sched or {}).get('prediction_type'), (sched or {}).get('prediction_type'))
     found_ztsnr = None if sched is None else bool(sched.get('rescale_betas_zero_snr', False))
@@ -191,10 +196,18 @@ def _folder(path: Path, dtype: torch.dtype, vae_dtype: Optional[torch.dtype], pr
     detected = describe(found_pred, found_ztsnr, prediction_type, zero_terminal_snr, 'scheduler_config.json')
     from diffusers import AutoencoderKL, UNet2DConditionModel
     unet = UNet2DConditionModel.from_pretrained(path, subfolder='unet', torch_dtype=dtype, local_files_only=True)
-    vae_dtype = vae_dtype or _vae_dtype(dtype, json.loads((path / 'vae' / 'config.json').read_text()))
+    vae_dtype = vae_dtype or _vae_dtype(dtype, read_json_object(path / 'vae' / 'config.json', 'VAE config'))
     vae = AutoencoderKL.from_pretrained(path, subfolder='vae', torch_dtype=vae_dtype, local_files_only=True)
     text = TextConditioner.from_pretrained(path, torch_dtype=dtype)
     return [unet.to(device), vae.to(device), text.to(device)], ztsnr, sched or {}, detected
+
+
+def read_scheduler_config(folder: Path) -> Optional[dict]:
+    """A diffusers folder's scheduler/scheduler_config.json (None if absent), its schedule fields bounded."""
+    sched_file = folder / 'scheduler' / 'scheduler_config.json'
+    if not os.path.lexists(sched_file):
+        return None
+    return check_scheduler_config(read_json_object(sched_file, 'scheduler config'), str(sched_file))
 
 
 def load_sdxl(path: PathLike,                                 # diffusers folder or SGM .safetensors
@@ -254,7 +267,7 @@ def force_zeros_for_empty_prompt(folder: Optional[Path], override: Optional[bool
     index = None if folder is None else folder / 'model_index.json'
     if index is None or not index.is_file():
         return True
-    return bool(json.loads(index.read_text()).get('force_zeros_for_empty_prompt', True))
+    return bool(read_json_object(index, 'model index').get('force_zeros_for_empty_prompt', True))
 
 
 def inspect_model(path: PathLike) -> dict:
@@ -263,8 +276,8 @@ def inspect_model(path: PathLike) -> dict:
     if not path.exists():
         raise FileNotFoundError(f'model not found: {path}')
     if path.is_dir():
-        sched_file = path / 'scheduler' / 'scheduler_config.json'
-        sched = json.loads(sched_file.read_text()) if sched_file.is_file() else {}
+        check_folder_files(path)
+        sched = read_scheduler_config(path) or {}
         pred = sched.get('prediction_type')
         found_pred = {'v_prediction': 'v'}.get(pred, pred)
         found_ztsnr = bool(sched['rescale_betas_zero_snr']) if 'rescale_betas_zero_snr' in sched else None

@@ -16,19 +16,9 @@ from typing import Optional, Sequence, Union
 from torch import nn
 
 from ..bundle import Pipeline
+from .lora_files import MAX_LORAS, check_against_model, check_lora_file, parse_lora  # noqa: F401 (parse_lora: API)
 
 LoraSpec = tuple[Union[str, os.PathLike], float]
-
-
-def parse_lora(spec: str) -> LoraSpec:
-    """'FILE[:WEIGHT]' → (FILE, WEIGHT); the weight defaults to 1 (a path may itself contain ':')."""
-    path, sep, weight = spec.rpartition(':')
-    if sep and path:
-        try:
-            return path, float(weight)
-        except ValueError:
-            pass
-    return spec, 1.
 
 
 def apply_loras(pipe: Pipeline, loras: Sequence[LoraSpec]) -> list[str]:
@@ -42,14 +32,22 @@ def apply_loras(pipe: Pipeline, loras: Sequence[LoraSpec]) -> list[str]:
     if 'unet' not in pipe.components:
         raise ValueError(f'--lora needs an SDXL-architecture model; {pipe.name} is not one')
     unet, encoders = pipe.components['unet'], pipe.components['text'].encoders
-    names, weights, in_text = [], [], [[] for _ in encoders]
-    for i, (path, weight) in enumerate(loras):
+    roots = {'unet': unet, **dict(zip(('text_encoder', 'text_encoder_2'), encoders))}
+    if len(loras) > MAX_LORAS:
+        raise ValueError(f'at most {MAX_LORAS} LoRAs, got {len(loras)}')
+    read = []
+    for path, weight in loras:                       # every file checked before any adapter is attached
         if not Path(path).is_file():
             raise FileNotFoundError(f'LoRA file not found: {path}')
-        name = f'lora_{i}'
+        check_lora_file(path)
         sd, alphas, meta = SDXL.lora_state_dict(str(path), unet_config=unet.config, return_lora_metadata=True)
         if not sd or not all('lora' in k for k in sd):
             raise ValueError(f'{path}: not a LoRA file (no lora keys)')
+        check_against_model(path, _peft_layout(sd), roots)
+        read.append((sd, alphas, meta))
+    names, weights, in_text = [], [], [[] for _ in encoders]
+    for i, ((path, weight), (sd, alphas, meta)) in enumerate(zip(loras, read)):
+        name = f'lora_{i}'
         if any(k.startswith('unet.') for k in sd):
             SDXL.load_lora_into_unet(sd, alphas, unet, adapter_name=name, metadata=meta)
         for j, (enc, prefix) in enumerate(zip(encoders, ('text_encoder', 'text_encoder_2'))):
@@ -65,6 +63,23 @@ def apply_loras(pipe: Pipeline, loras: Sequence[LoraSpec]) -> list[str]:
             set_weights_and_activate_adapters(enc, [n for n, _ in pairs], [w for _, w in pairs])
     pipe.info['loras'] = [[str(p), float(w)] for p, w in loras]
     return names
+
+
+def _peft_layout(sd: dict) -> dict:
+    """A lora_state_dict result with every part in lora_A/lora_B naming (for the shape check)."""
+    from diffusers.utils.state_dict_utils import (StateDictType, convert_state_dict_to_diffusers,
+                                                  convert_state_dict_to_peft, convert_unet_state_dict_to_peft)
+    out = {}
+    for prefix in ('unet', 'text_encoder', 'text_encoder_2'):
+        part = {k[len(prefix) + 1:]: v for k, v in sd.items() if k.startswith(prefix + '.')}
+        if part and prefix == 'unet':
+            part = convert_unet_state_dict_to_peft(part)
+        elif part:
+            old = any('_lora.down.' in k or '_lora.up.' in k for k in part)
+            part = convert_state_dict_to_peft(convert_state_dict_to_diffusers(
+                part, StateDictType.DIFFUSERS_OLD if old else None))
+        out.update({f'{prefix}.{k}': v for k, v in part.items()})
+    return out
 
 
 def _load_into_text_encoder(sd: dict, alphas: Optional[dict], meta: Optional[dict], encoder: nn.Module, prefix: str,
