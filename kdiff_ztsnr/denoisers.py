@@ -180,26 +180,13 @@ class DiscreteVDenoiser(VPreconditioner, external.DiscreteSchedule):
             raise ValueError(f'σ=∞ needs a zero-terminal-SNR ᾱ table (ᾱ[-1] = 0); this one ends at '
                              f'σ={self.sigmas[-1].item():.6g}: the model was never trained at σ=∞, start from '
                              f'its get_sigmas() instead')
-<<<<<<< HEAD
         if quantize:
             return nearest_index(self.log_host, sigma.log())
         t = interpolated_index(self.log_finite, sigma.log())
-        top = sigma > self.sigma_top
-        if self.n_finite < len(self.sigmas) and top.any():                      # ∞ on top: the √ᾱ ramp
-            t_top = (self.n_finite - 1) + (1 - (1 + sigma ** 2).rsqrt() / self.sqrt_ac_top)
-            t = torch.where(top, t_top, t)
-        return t
-=======
-        log_f, log_sigma = self.log_finite, sigma.log()                          # finite table, ascending
-        low = (torch.searchsorted(log_f, log_sigma.reshape(-1), right=True) - 1).clamp(0, len(log_f) - 2)
-        low = low.view(sigma.shape)
-        w = ((log_sigma - log_f[low]) / (log_f[low + 1] - log_f[low])).clamp(0, 1)
-        t = low + w
         if self.n_finite < len(self.sigmas):                                     # ∞ on top: the √ᾱ ramp
             t_top = (self.n_finite - 1) + (1 - (1 + sigma ** 2).rsqrt() / self.sqrt_ac_top)
             t = torch.where(sigma > self.sigma_top, t_top, t)                    # branchless: no host read
-        return t.round().long() if quantize else t
->>>>>>> main
+        return t
 
     def t_to_sigma(self, t: Tensor) -> Tensor:
         t = torch.as_tensor(t, device=self.sigmas.device).float()

@@ -119,13 +119,7 @@ class ZTSNRScheduler(SchedulerMixin, ConfigMixin):
         if s[-1] != 0:
             s = torch.cat([s, s.new_zeros([1])])
         schedules.validate_sigmas(s)
-<<<<<<< HEAD
-        self.sigmas = s.float().to(device)
-        t = self.table.sigma_to_t(self.sigmas[:-1].cpu(), quantize=self.config.quantize_timesteps)
-        self.timesteps = t.float().to(device)
-=======
         self._set_sigmas(s, device)
->>>>>>> main
         self.num_inference_steps = len(self.timesteps)
 
     def _set_sigmas(self, sigmas: Tensor, device: Union[str, torch.device] = None,
@@ -133,7 +127,7 @@ class ZTSNRScheduler(SchedulerMixin, ConfigMixin):
         """The schedule σ₀ > … > 0, its timesteps (t(σ) unless given), and a fresh step state."""
         self.sigmas = sigmas.float().to(device)
         if timesteps is None:
-            timesteps = self.table.sigma_to_t(self.sigmas[:-1].cpu())
+            timesteps = self.table.sigma_to_t(self.sigmas[:-1].cpu(), quantize=self.config.quantize_timesteps)
         self.timesteps = timesteps.float().to(device)
         self._step_index = self._begin_index = None
         self._old_denoised = None
