@@ -51,6 +51,9 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--no-resolution-aware', dest='resolution_aware', action='store_false', default=None,
                    help='do not scale --sigma-max ×2 per ×2 canvas side (report §2.3)')
     p.add_argument('--eta', type=float, default=None, help="ancestral/SDE η (default: the sampler's)")
+    p.add_argument('--quantize-timesteps', action=argparse.BooleanOptionalAction, default=None,
+                   help='feed the network integer timesteps (nearest table index) as ComfyUI and A1111 do, to '
+                        f'reproduce their images (default: {"on" if d.quantize_timesteps else "off"})')
     p.add_argument('--seed', type=int, default=None, help=f'sample i uses seed + i (default: {d.seed})')
     p.add_argument('-n', '--n-samples', type=int, default=None, help=f'(default: {d.n_samples})')
     p.add_argument('--width', type=int, default=None, help="(default: the model's canvas)")
@@ -110,7 +113,7 @@ def pipeline_from_args(args: argparse.Namespace, model: str, device: Optional[st
 
 
 GIVEN = ('prompt', 'uc', 'steps', 'scale', 'sampler', 'noise_schedule', 'ztsnr', 'sigma_max', 'resolution_aware',
-         'eta', 'seed', 'n_samples', 'width', 'height', 'strength', 'cfg_rescale')
+         'eta', 'seed', 'n_samples', 'width', 'height', 'strength', 'cfg_rescale', 'quantize_timesteps')
 
 
 def given_params(args: argparse.Namespace) -> dict:

@@ -58,6 +58,27 @@ def module_dtype(module: nn.Module, default: torch.dtype = torch.float32) -> tor
     return default
 
 
+def _bracket(log_table: Tensor, log_sigma: Tensor) -> Tensor:
+    """The index i of the ascending log-σ table with table[i] ≤ log σ < table[i + 1], clamped to [0, T−2]."""
+    low = torch.searchsorted(log_table, log_sigma.reshape(-1), right=True) - 1
+    return low.clamp(0, len(log_table) - 2).view(log_sigma.shape)
+
+
+def interpolated_index(log_table: Tensor, log_sigma: Tensor) -> Tensor:
+    """The fractional index of log σ in an ascending log-σ table, linear between entries, clamped to its ends."""
+    low = _bracket(log_table, log_sigma)
+    w = ((log_sigma - log_table[low]) / (log_table[low + 1] - log_table[low])).clamp(0, 1)
+    return low + w
+
+
+def nearest_index(log_table: Tensor, log_sigma: Tensor) -> Tensor:
+    """The nearest entry in log σ (the lower one on a tie), as k-diffusion's DiscreteSchedule quantize."""
+    low = _bracket(log_table, log_sigma)
+    lo, hi = log_table[low], log_table[low + 1]
+    up = ((hi - log_sigma).abs() < (log_sigma - lo).abs()) | (log_sigma > hi)
+    return low + up.long()
+
+
 class VPreconditioner(nn.Module):
     """Shared v-prediction preconditioning (eq. 1); subclasses define timestep (σ → t) and get_v.
 
@@ -108,12 +129,16 @@ class DiscreteVDenoiser(VPreconditioner, external.DiscreteSchedule):
     sigma_max=20000. clamps the table's last sigma to that value (report A.2), so every unmodified
     k-diffusion sampler works. Above the last finite table sigma, t is interpolated linearly in √ᾱ, so
     σ ∈ (σ[T−2], ∞] maps strictly monotonically onto (T−2, T−1].
+
+    quantize=True feeds the network integer timesteps as ComfyUI and A1111 do: the nearest table index in
+    log σ (k-diffusion's DiscreteSchedule quantize, ComfyUI's model_sampling.timestep), with ∞ on top
+    standing for the hosts' clamp COMFY_SIGMA_MAX (4518.76), so σ = ∞ is still t = T−1 exactly.
     """
 
     def __init__(self,
                  inner_model: nn.Module,          # v network: (x_in, t, **extra) -> v
                  alphas_cumprod: Tensor,          # ᾱ table [T]; ᾱ[-1] = 0 for zero terminal SNR
-                 quantize: bool = False,          # round t to the nearest integer timestep
+                 quantize: bool = False,          # integer t: the nearest table index, as ComfyUI / A1111
                  sigma_max: Optional[float] = None,  # clamp the table's top sigma (e.g. 20000., report A.2)
                  sigma_data: float = 1.):
         schedules.validate_alphas_cumprod(alphas_cumprod)
@@ -131,6 +156,8 @@ class DiscreteVDenoiser(VPreconditioner, external.DiscreteSchedule):
         finite = sigmas.isfinite()
         self.n_finite = int(finite.sum())                                  # T − 1 with ∞ on top, else T
         self.register_buffer('log_finite', sigmas[finite].log().float(), persistent=False)
+        host = sigmas.nan_to_num(posinf=schedules.COMFY_SIGMA_MAX)          # the hosts' table: ∞ → 4518.76
+        self.register_buffer('log_host', host.log().float(), persistent=False)
         self.sigma_top = float(sigmas[self.n_finite - 1])                  # the largest finite table sigma
         self.sqrt_ac_top = (1 + self.sigma_top ** 2) ** -0.5                # √ᾱ there
 
@@ -153,15 +180,13 @@ class DiscreteVDenoiser(VPreconditioner, external.DiscreteSchedule):
             raise ValueError(f'σ=∞ needs a zero-terminal-SNR ᾱ table (ᾱ[-1] = 0); this one ends at '
                              f'σ={self.sigmas[-1].item():.6g}: the model was never trained at σ=∞, start from '
                              f'its get_sigmas() instead')
-        log_f, log_sigma = self.log_finite, sigma.log()                          # finite table, ascending
-        low = (torch.searchsorted(log_f, log_sigma.reshape(-1), right=True) - 1).clamp(0, len(log_f) - 2)
-        low = low.view(sigma.shape)
-        w = ((log_sigma - log_f[low]) / (log_f[low + 1] - log_f[low])).clamp(0, 1)
-        t = low + w
+        if quantize:
+            return nearest_index(self.log_host, sigma.log())
+        t = interpolated_index(self.log_finite, sigma.log())
         if self.n_finite < len(self.sigmas):                                     # ∞ on top: the √ᾱ ramp
             t_top = (self.n_finite - 1) + (1 - (1 + sigma ** 2).rsqrt() / self.sqrt_ac_top)
             t = torch.where(sigma > self.sigma_top, t_top, t)                    # branchless: no host read
-        return t.round().long() if quantize else t
+        return t
 
     def t_to_sigma(self, t: Tensor) -> Tensor:
         t = torch.as_tensor(t, device=self.sigmas.device).float()

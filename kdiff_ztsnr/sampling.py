@@ -233,12 +233,21 @@ def _finite_sigma_max(sampler: Callable) -> Callable:
     return sample
 
 
+def _second_draw(shape: tuple, seed: int) -> Tensor:
+    """The normal draw after the first one (the initial noise) of a CPU generator seeded with `seed`."""
+    g = torch.Generator().manual_seed(int(seed))
+    torch.randn(shape, generator=g)
+    return torch.randn(shape, generator=g)
+
+
 class BrownianTreeNoiseSampler(k_sampling.BrownianTreeNoiseSampler):
     """k-diffusion's Brownian-tree noise sampler over the finite range, extended to intervals reaching ∞.
 
     The normalised increment over [σ₁, ∞) is independent of every finite interval, so it is a standard
-    normal drawn once from ``seed``. Build the tree with sigma_max = the largest finite sigma. The tree is a
-    host structure (torchsde takes σ as Python floats), so σ on a device is copied to the host once per call.
+    normal drawn once from ``seed``: the second draw of ``torch.Generator().manual_seed(seed)``, whose first
+    draw is the initial noise in `generate` and in ComfyUI, so that it is independent of the initial noise.
+    Build the tree with sigma_max = the largest finite sigma. The tree is a host structure (torchsde takes σ
+    as Python floats), so σ on a device is copied to the host once per call.
     """
 
     def __init__(self, x: Tensor, sigma_min: float, sigma_max: float, seed: Optional[int] = None,
@@ -249,10 +258,9 @@ class BrownianTreeNoiseSampler(k_sampling.BrownianTreeNoiseSampler):
         super().__init__(x, sigma_min, sigma_max, seed, transform)
         seed = int(torch.randint(0, 2 ** 62, []).item()) if seed is None else seed
         if isinstance(seed, (list, tuple)):      # one tree per batch item, as k-diffusion: one draw per item
-            draws = [torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seed]
-            self.infinite_noise = torch.stack(draws).to(x)
+            self.infinite_noise = torch.stack([_second_draw(x.shape[1:], s) for s in seed]).to(x)
         else:
-            self.infinite_noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(int(seed))).to(x)
+            self.infinite_noise = _second_draw(x.shape, seed).to(x)
 
     def __call__(self, sigma, sigma_next):
         sigma, sigma_next = (torch.as_tensor(s).detach().cpu() for s in (sigma, sigma_next))   # read once, here

@@ -1,5 +1,7 @@
 """Plumbing shared by the tests: a tiny trainer checkpoint and the tiny SDXL (as a Pipeline and as files)."""
 
+from typing import Optional
+
 from benchmarks.subjects import tiny_sdxl_configs
 
 
@@ -28,26 +30,39 @@ TINY = tiny_sdxl_configs()      # SDXL-shaped components small enough for CPU te
 TINY_KW = {f'{c}_config': TINY[c] for c in TINY}
 
 
-def tiny_pipeline(zero_terminal_snr: bool = True):
-    """A randomly initialised (seed 0) tiny SDXL as the package's Pipeline."""
+def comfy_tiny_configs() -> dict:
+    """TINY reshaped to what ComfyUI's SDXL code hard-codes: GroupNorm(32, ·) (channels multiples of 32), the
+    Timestep(256) size embedding, a square bigG text projection (pooled = hidden size)."""
+    c = {k: dict(v) for k, v in TINY.items()}
+    g = c['text_encoder_2']['hidden_size']
+    c['unet'].update(block_out_channels=[32, 64, 64], norm_num_groups=32, addition_time_embed_dim=256,
+                     projection_class_embeddings_input_dim=g + 6 * 256)
+    c['text_encoder_2'].update(projection_dim=g)
+    return c
+
+
+def tiny_pipeline(zero_terminal_snr: bool = True, configs: Optional[dict] = None):
+    """A randomly initialised (seed 0) tiny SDXL as the package's Pipeline (configs: default TINY)."""
     import torch
     from kdiff_ztsnr.models import alphas_cumprod_for, sdxl
     from kdiff_ztsnr.text import TextConditioner
     torch.manual_seed(0)
-    m = {c: sdxl.build_component(c, TINY[c]) for c in sdxl.COMPONENTS}
+    m = {c: sdxl.build_component(c, (configs or TINY)[c]) for c in sdxl.COMPONENTS}
     text = TextConditioner([m['text_encoder'], m['text_encoder_2']], sdxl.sdxl_tokenizers())
     mean, std = sdxl.latent_stats_for(m['vae'])
     return sdxl.sdxl_pipeline(m['unet'], m['vae'], text, alphas_cumprod_for(zero_terminal_snr), mean, std,
                               {'name': 'tiny'})
 
 
-def write_tiny_sdxl(root) -> dict:
-    """tiny_pipeline() written as a diffusers folder, an SGM single file with the v_pred/ztsnr markers, and the
-    same file without markers (an ε-looking or community file): {'pipe', 'root', 'folder', 'file', 'nomarkers'}."""
+def write_tiny_sdxl(root, configs: Optional[dict] = None, folder: bool = True) -> dict:
+    """tiny_pipeline(configs=configs) written as a diffusers folder (unless folder=False), an SGM single file with
+    the v_pred/ztsnr markers, and the same file without markers (an ε-looking or community file):
+    {'pipe', 'root', 'folder', 'file', 'nomarkers'}."""
     from safetensors.torch import load_file, save_file
     from kdiff_ztsnr.models import sdxl
-    pipe = tiny_pipeline()
-    sdxl.save_pretrained(pipe, root / 'folder')
+    pipe = tiny_pipeline(configs=configs)
+    if folder:
+        sdxl.save_pretrained(pipe, root / 'folder')
     sdxl.save_single_file(pipe, root / 'tiny.safetensors')
     sd = {k: v for k, v in load_file(str(root / 'tiny.safetensors')).items() if k not in ('v_pred', 'ztsnr')}
     save_file(sd, str(root / 'nomarkers.safetensors'))

@@ -109,7 +109,7 @@ def generate(pipe: Pipeline, p: GenerationParams, init: Optional[Tensor] = None,
     check_params(p, pipe.size_multiple, pipe.name, limits)
     if clamp is None and p.ztsnr == 'clamp':
         clamp = schedules.ZTSNR_CLAMP
-    model = pipe.denoiser(sigma_max=clamp)
+    model = pipe.denoiser(sigma_max=clamp, quantize=p.quantize_timesteps)
     if sigmas is None:
         sigmas = make_sigmas(pipe.denoiser(), p.noise_schedule, p.steps,
                              start_sigma(p, pipe) if p.ztsnr == 'sigma_max' else None, p.sampler,

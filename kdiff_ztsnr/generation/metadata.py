@@ -28,6 +28,7 @@ MAX_ALPHA_PIXELS = 1 << 26             # larger images are not decoded for alpha
 A1111_KEYS = {'steps': 'Steps', 'sampler': 'Sampler', 'noise_schedule': 'Schedule type', 'scale': 'CFG scale',
               'seed': 'Seed', 'model': 'Model', 'strength': 'Denoising strength', 'cfg_rescale': 'CFG rescale',
               'ztsnr': 'ZTSNR', 'sigma_max': 'Sigma max', 'resolution_aware': 'Resolution-aware sigma', 'eta': 'Eta',
+              'quantize_timesteps': 'Integer timesteps',
               'n_samples': 'Batch size', 'loras': 'LoRAs'}   # LoRAs: [[file, weight], …] as JSON (ours)
 OWN_SCHEDULE = 'ZTSNR schedule'   # the package's schedule when A1111's list has no such family (trailing, recommended)
 ZTSNR_NOISE_SCHEDULE = 'Zero Terminal SNR'        # Forge/A1111's "Noise Schedule" value for ZTSNR sampling

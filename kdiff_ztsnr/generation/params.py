@@ -37,6 +37,8 @@ class GenerationParams:
     resolution_aware: bool = True      # scale a finite σ_max ×2 per ×2 canvas side (report §2.3)
     strength: float = 1.               # img2img strength (1: text-to-image)
     eta: Optional[float] = None        # ancestral/SDE η (None: the sampler's default)
+    quantize_timesteps: bool = False   # integer t as ComfyUI / A1111 feed the network, to reproduce their images
+                                       # (off: benchmarks/results/quantize_timesteps.md)
     model: str = 'embedded'
     loras: list = field(default_factory=list)  # [[file, weight], …]: LoRAs applied to the model when it is loaded
 
@@ -98,6 +100,7 @@ FIELDS = {
     'resolution_aware': Field(bool, option='--no-resolution-aware'),
     'strength': Field(float, 0.001, 1),
     'eta': Field(float, 0, 10, optional=True),
+    'quantize_timesteps': Field(bool, option='--quantize-timesteps'),
     'model': Field(str, hi=4096),
 }
 

@@ -53,7 +53,8 @@ class ZTSNRScheduler(SchedulerMixin, ConfigMixin):
                  schedule: str = 'recommended',          # the package's: native | karras | exponential | …
                  eta: float = 1.,                        # ancestral η (the pipeline's own `eta` is not used)
                  s_noise: float = 1.,
-                 sigma_data: float = 1.):
+                 sigma_data: float = 1.,
+                 quantize_timesteps: bool = False):      # integer t, as ComfyUI / A1111 feed them
         if prediction_type != 'v_prediction':
             raise ValueError(f"ZTSNRScheduler samples v-prediction models only, got prediction_type={prediction_type!r}")
         if not rescale_betas_zero_snr:
@@ -126,7 +127,7 @@ class ZTSNRScheduler(SchedulerMixin, ConfigMixin):
         """The schedule σ₀ > … > 0, its timesteps (t(σ) unless given), and a fresh step state."""
         self.sigmas = sigmas.float().to(device)
         if timesteps is None:
-            timesteps = self.table.sigma_to_t(self.sigmas[:-1].cpu())
+            timesteps = self.table.sigma_to_t(self.sigmas[:-1].cpu(), quantize=self.config.quantize_timesteps)
         self.timesteps = timesteps.float().to(device)
         self._step_index = self._begin_index = None
         self._old_denoised = None

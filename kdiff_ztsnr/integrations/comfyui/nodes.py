@@ -7,7 +7,7 @@ ComfyUI. Wire them into ComfyUI's SamplerCustom / SamplerCustomAdvanced: SAMPLER
 
 from kdiff_ztsnr.integrations import SCHEDULES
 
-from .sampler import SCHEDULE_SAMPLERS, comfy_sigmas, exact_sampler_function, sampler_options
+from .sampler import SCHEDULE_SAMPLERS, comfy_sigmas, exact_sampler_function, model_sampling_of, sampler_options
 
 CATEGORY = 'sampling/custom_sampling/ztsnr'
 
@@ -19,7 +19,9 @@ class ZTSNRSamplerSelect:
     FUNCTION = 'get_sampler'
     CATEGORY = CATEGORY
     DESCRIPTION = ('The exact first step from sigma = inf (NAI Diffusion V3 report, appendix A) for v-prediction '
-                   'zero-terminal-SNR models, then the chosen k-diffusion sampler.')
+                   'zero-terminal-SNR models, then the chosen k-diffusion sampler. Ancestral noise continues the '
+                   'noise seed\'s CPU stream after the initial noise (SDE: a Brownian tree from the seed); '
+                   'v-prediction models only.')
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -42,7 +44,8 @@ class ZTSNRSigmas:
     FUNCTION = 'get_sigmas'
     CATEGORY = CATEGORY
     DESCRIPTION = ('Schedules from sigma = inf for zero-terminal-SNR models (native = the report\'s, '
-                   'recommended = Karras over the finite table with inf first). Use with KSamplerSelect (exact).')
+                   'recommended = the package default for the chosen sampler, as kdiff-ztsnr generate uses). '
+                   'Use with KSamplerSelect (exact) and the same sampler_name.')
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -51,10 +54,13 @@ class ZTSNRSigmas:
             'schedule': (list(SCHEDULES), {'default': 'recommended'}),
             'steps': ('INT', {'default': 28, 'min': 1, 'max': 10000}),
             'denoise': ('FLOAT', {'default': 1.0, 'min': 0.01, 'max': 1.0, 'step': 0.01}),
+        }, 'optional': {
+            'sampler_name': (list(SCHEDULE_SAMPLERS), {'default': 'euler_ancestral'}),
         }}
 
-    def get_sigmas(self, model, schedule: str, steps: int, denoise: float = 1.) -> tuple:
-        return (comfy_sigmas(model.get_model_object('model_sampling'), schedule, steps, denoise),)
+    def get_sigmas(self, model, schedule: str, steps: int, denoise: float = 1.,
+                   sampler_name: str = 'euler_ancestral') -> tuple:
+        return (comfy_sigmas(model_sampling_of(model), schedule, steps, denoise, sampler_name),)
 
 
 NODE_CLASS_MAPPINGS = {'KDiffZTSNRSamplerSelect': ZTSNRSamplerSelect, 'KDiffZTSNRSigmas': ZTSNRSigmas}

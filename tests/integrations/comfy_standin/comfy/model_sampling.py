@@ -13,7 +13,15 @@ from kdiff_ztsnr import schedules
 COMFY_ZSNR_ALPHA = 4.8973451890853435e-08
 
 
-class ModelSamplingZTSNRV(torch.nn.Module):
+class EPS:
+    """comfy.model_sampling's prediction classes: the pack reads the prediction type from the class names."""
+
+
+class V_PREDICTION(EPS):
+    pass
+
+
+class ModelSamplingZTSNRV(torch.nn.Module, V_PREDICTION):
     def __init__(self, sigma_data: float = 1.):
         super().__init__()
         ac = schedules.ztsnr_alphas_cumprod().clone()
