@@ -47,7 +47,7 @@ def test_no_host_sync_per_step(pipe, params):
     assert not package, package
     assert not [k for k in at_4.counts if k[1] == 'mixed devices'], dict(at_4.counts)
     once = sum(n for (o, _), n in at_4.counts.items() if o == 'package')
-    assert once <= 32, dict(at_4.counts)             # per image: 30 (29 for dpmpp_2m), mostly wrapper construction
+    assert once <= 40, dict(at_4.counts)   # per image, not per step: 29–34, mostly wrapper construction and checks
     # What is left per step is k-diffusion's own loop: euler_ancestral's `if sigmas[i + 1] > 0` and
     # get_ancestral_step's min(); dpmpp_2m and 2m_sde run on a host schedule and read nothing.
     assert sum(steps.values()) == (2 if params.get('sampler', 'euler_ancestral') == 'euler_ancestral' else 0), steps
