@@ -147,7 +147,7 @@ def main(argv=None):
     p.add_argument('--out', default=None)
     a = p.parse_args(argv)
     if a.smoke:
-        a.steps, a.seeds, a.schedules, a.samplers = 3, 1, ['karras']  # a large σ₁: the first-order (σ₁·F + n)/σ₀ check holds, ['euler', 'euler_ancestral']
+        a.steps, a.seeds, a.schedules, a.samplers = 3, 1, ['karras'], ['euler', 'euler_ancestral']  # large σ₁: first-order check
     out, t0 = common.out_dir(a.out), time.perf_counter()
     pipe = tiny_sdxl()
     rows = [r for kind in a.schedules for s in a.samplers for r in compare(pipe, s, kind, a.steps, list(range(a.seeds)))]

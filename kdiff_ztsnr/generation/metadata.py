@@ -125,7 +125,8 @@ def _typed(label: str, value: str):
             return cast(value)
         except ValueError:
             return value                                             # check_fields names the bad value
-    return {'True': True, 'False': False}.get(value, value) if label == 'Resolution-aware sigma' else value
+    return ({'True': True, 'False': False}.get(value, value) if label in ('Resolution-aware sigma', 'Integer timesteps')
+            else value)
 
 
 def _from_a1111(out: dict, label: str, value) -> None:

@@ -35,7 +35,7 @@ def ckpt(tmp_path_factory):
     (['sample', 'x', '--init-image', 'missing.png'], '--init-image missing.png: no such file'),
     (['sample', 'x', '--model', 'no-such-model.safetensors'], '--model no-such-model.safetensors: model not found'),
     (['sample', 'x', '--steps', '0'], 'steps (--steps) must be an integer in [1, 10000], got 0'),
-    (['sample', 'x', '--out', '/proc/forbidden'], '/proc is on a proc filesystem'),
+    (['sample', 'x', '--out', '/proc/forbidden'], '/proc is on the proc pseudo-filesystem'),
     (['sample', 'x', '--strength', '0.5'], '--strength needs --init-image'),
     (['sample', 'prompts.txt'], 'use --prompt-file prompts.txt'),
     (['sample', '--prompt-file', 'bad.jsonl'], 'bad.jsonl line 2: unknown key'),

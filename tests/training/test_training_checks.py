@@ -103,7 +103,7 @@ def poison_after(step: int):
 def test_non_finite_loss_stops_keeping_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Trainer, 'train_step', poison_after(2))
     config = tiny_config(tmp_path / 'out', steps=5, checkpoint_every=1)
-    err = expect_error(train_args(tmp_path, config), ['training stopped at step 3', 'the loss is nan',
+    err = expect_error([*train_args(tmp_path, config), '--quiet'], ['training stopped at step 3', 'the loss is nan',
                                                       'checkpoint-00000002 is kept'], capsys)
     out = tmp_path / 'out'
     assert (out / 'latest').read_text() == 'checkpoint-00000002', err
