@@ -322,9 +322,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
                                   lambda device: pipeline_from_args(args, args.model or 'embedded', device))
     pipe = pipeline_from_args(args, args.model or 'embedded')
     p = params_from_args(args, pipe.base_side, meta)
-    if p.loras:
-        from .models.sdxl.lora import apply_loras
-        apply_loras(pipe, p.loras)
+    if p.loras:                                  # as generate would, but before the init image is read
+        from .models.sdxl.lora import use_loras
+        use_loras(pipe, p.loras)
     init = mask = None
     if args.init_image:
         src = load_image(args.init_image, p.width, p.height)

@@ -19,8 +19,8 @@ from ..denoisers import DiscreteVDenoiser
 from ..guidance import CFGDenoiser
 from ..img2img import img2img_start
 from ..sampling import SAMPLERS, BrownianTreeNoiseSampler
-from .params import GenerationParams, check_params
 from ..models.bundle import Pipeline
+from .params import GenerationParams, check_params
 
 BROWNIAN = {'dpmpp_sde', 'dpmpp_2m_sde', 'dpmpp_3m_sde'}
 
@@ -107,6 +107,9 @@ def generate(pipe: Pipeline, p: GenerationParams, init: Optional[Tensor] = None,
     ZTSNR_CLAMP for p.ztsnr == 'clamp', none otherwise); limits=False lifts params.MAX_SIDE / MAX_PIXELS.
     """
     check_params(p, pipe.size_multiple, pipe.name, limits)
+    if p.loras or pipe.info.get('loras_from_params'):
+        from ..models.sdxl.lora import use_loras
+        use_loras(pipe, p.loras)                   # the pipeline carries exactly p.loras
     if clamp is None and p.ztsnr == 'clamp':
         clamp = schedules.ZTSNR_CLAMP
     model = pipe.denoiser(sigma_max=clamp, quantize=p.quantize_timesteps)

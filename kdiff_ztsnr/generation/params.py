@@ -40,7 +40,7 @@ class GenerationParams:
     quantize_timesteps: bool = False   # integer t as ComfyUI / A1111 feed the network, to reproduce their images
                                        # (off: benchmarks/results/quantize_timesteps.md)
     model: str = 'embedded'
-    loras: list = field(default_factory=list)  # [[file, weight], …]: LoRAs applied to the model when it is loaded
+    loras: list = field(default_factory=list)  # [[file, weight], …]: LoRA files `generate` applies to the model
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

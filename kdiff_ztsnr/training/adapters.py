@@ -3,8 +3,8 @@
 The adapter is added with diffusers' ``UNet2DConditionModel.add_adapter(LoraConfig)``; B starts at zero, so
 step 0 is the base model. ``kohya_state_dict`` converts peft's state dict with diffusers' shipped converter
 (``convert_state_dict_to_kohya``: ``lora_unet_<diffusers path>.lora_down/lora_up.weight``) and writes the
-configured alpha (the converter writes alpha = rank). ComfyUI, A1111/Forge and diffusers'
-``load_lora_weights`` read that format. ``merge_lora`` folds the adapter into the base weights.
+configured alpha (the converter writes alpha = rank). ComfyUI, A1111/Forge, diffusers' ``load_lora_weights`` and
+the package's own reader (`models.sdxl.lora`, which also folds adapters into weights) read that format.
 """
 
 import os
@@ -57,29 +57,3 @@ def save_kohya_lora(unet: nn.Module, path: Union[str, os.PathLike], alpha: float
             'ss_v_parameterization': 'true', 'ss_zero_terminal_snr': 'true',
             **{k: str(v) for k, v in (metadata or {}).items()}}
     save_file(sd, str(path), metadata=meta)
-
-
-def merge_lora(unet: nn.Module, scale: float = 1.) -> nn.Module:
-    """Fold the adapter into the base weights (W + scale·(α/r)·B·A) and remove the LoRA layers, in place."""
-    unet.fuse_lora(lora_scale=scale)
-    unet.unload_lora()
-    return unet
-
-
-def load_kohya_lora(unet: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
-    """Add a kohya/A1111-format LoRA file to a diffusers UNet as a peft adapter (diffusers' own converter)."""
-    from diffusers import StableDiffusionXLPipeline
-    from safetensors.torch import load_file
-    sd, alphas = StableDiffusionXLPipeline.lora_state_dict(load_file(str(path)))
-    unet.load_lora_adapter(sd, prefix='unet', network_alphas=alphas)
-    return unet
-
-
-def merge_lora_file(base: Union[str, os.PathLike], lora: Union[str, os.PathLike], out: Union[str, os.PathLike],
-                    scale: float = 1., **load_kwargs) -> None:
-    """base SDXL v model (folder or single file) + kohya LoRA file → merged SGM single file with markers.
-    load_kwargs go to models.sdxl.load_sdxl (e.g. the *_config of a non-SDXL-size single file)."""
-    from ..models.sdxl import load_sdxl, save_single_file
-    pipe = load_sdxl(base, **load_kwargs)
-    merge_lora(load_kohya_lora(pipe.components['unet'], lora), scale)
-    save_single_file(pipe, out)

@@ -30,7 +30,8 @@ from ..models.sdxl.parts import load_parts, text_options
 from ..models.sdxl.unet import SDXLUNetInner
 from ..models.sdxl.vae import normalize, vae_encode, vae_factor
 from ..text import TextConditioner
-from .adapters import add_lora, lora_options, merge_lora, save_kohya_lora
+from ..models.sdxl.lora import merge_lora
+from .adapters import add_lora, lora_options, save_kohya_lora
 
 CACHE_SUBDIR = 'latents'
 

@@ -117,3 +117,53 @@ def test_cli_lora(files, tmp_path, capsys):
     assert capsys.readouterr().err.startswith('error: LoRA file not found')
     assert cli.main(['sample', 'x', '--lora', str(files['kohya']), '--steps', '1', '--out', str(tmp_path)]) == 2
     assert 'needs an SDXL-architecture model' in capsys.readouterr().err
+
+
+def test_api_and_cli_agree_on_loras(files, tmp_path):
+    """`generate` applies GenerationParams.loras itself: the same params give the same image through the API
+    (a freshly loaded pipeline, no LoRA attached by hand) and through `kdiff-ztsnr sample --lora`."""
+    import numpy as np
+    from PIL import Image
+    from kdiff_ztsnr.generation.image_io import to_pil
+    from kdiff_ztsnr.generation.lookup import load_pipeline
+    lora = [[str(files['kohya']), 0.5]]
+    assert cli.main(['sample', 'a cat', '--model', str(files['model']), '--steps', '2', '--width', '64', '--height',
+                     '64', '--seed', '3', '--quiet', '--lora', f'{files["kohya"]}:0.5', '--out', str(tmp_path)]) == 0
+    png = sorted(tmp_path.glob('*.png'))[0]
+    p = GenerationParams.from_dict(read_metadata(png))
+    assert p.loras == lora
+    pipe = load_pipeline(str(files['model']))
+    api = np.asarray(to_pil(generate(pipe, p)[0]))
+    assert np.array_equal(api, np.asarray(Image.open(png).convert('RGB')))
+    plain = np.asarray(to_pil(generate(pipe, GenerationParams.from_dict({**p.to_dict(), 'loras': []}))[0]))
+    assert np.abs(api.astype(int) - plain).max() > 10                     # the LoRA acts
+
+
+def test_generate_follows_the_params_loras(files):
+    """One pipeline, params with and without LoRAs in turn: each image is the one a fresh pipeline gives (the
+    adapters are swapped, never stacked)."""
+    pipe = sdxl.load_sdxl(files['model'])
+    with_lora, without = [[str(files['kohya']), 0.5]], []
+    a = sample(pipe, loras=with_lora)
+    b = sample(pipe, loras=without)
+    c = sample(pipe, loras=with_lora)
+    assert torch.equal(b, sample(sdxl.load_sdxl(files['model'])))
+    assert torch.equal(a, c) and torch.equal(a, sample(sdxl.load_sdxl(files['model']), loras=with_lora))
+    assert (a - b).abs().max() > 0.05
+
+
+def test_merge_lora_file_equals_fusing(files, tmp_path):
+    """Merging reads the file as sampling does: base + LoRA (UNet and both encoders) at weight 0.5 → one single
+    file whose encoders and UNet equal the hand-fused weights, with no LoRA layers left."""
+    from kdiff_ztsnr.models.sdxl.lora import merge_lora_file
+    from tests.helpers import TINY_KW
+    merge_lora_file(files['model'], files['kohya'], tmp_path / 'merged.safetensors', scale=0.5)
+    assert not any('lora' in k for k in load_file(str(tmp_path / 'merged.safetensors')))
+    merged, ref = sdxl.load_sdxl(tmp_path / 'merged.safetensors', **TINY_KW), fused(files, 0.5)
+    cond = [p.encode_prompts(['a cat', '']) for p in (merged, ref)]
+    for k in ('context', 'pooled'):
+        torch.testing.assert_close(cond[0][k], cond[1][k], atol=1e-5, rtol=0)
+    x, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([999., 400.])
+    with torch.no_grad():
+        v = [p.inner_model(x, t, **cond[1], **p.size_cond(64, 64, 2)) for p in (merged, ref)]
+    torch.testing.assert_close(v[0], v[1], atol=1e-5, rtol=0)

@@ -22,7 +22,7 @@ from kdiff_ztsnr import training  # noqa: E402
 from kdiff_ztsnr.models import sdxl  # noqa: E402
 from kdiff_ztsnr.models.trained import resolve_checkpoint  # noqa: E402
 from kdiff_ztsnr.training.data.images import cover_crop_box  # noqa: E402
-from kdiff_ztsnr.training.adapters import merge_lora, merge_lora_file  # noqa: E402
+from kdiff_ztsnr.models.sdxl.lora import merge_lora, merge_lora_file  # noqa: E402
 from kdiff_ztsnr.training.preview import SigmaBucketLoss  # noqa: E402
 
 ONLY_64 = {'max_area': 64 * 64, 'max_side': 64, 'min_side': 64, 'step': 64, 'extra': [[64, 64]]}

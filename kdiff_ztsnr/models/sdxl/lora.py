@@ -1,4 +1,7 @@
-"""LoRA files applied to an SDXL Pipeline for sampling: the UNet and both CLIP text encoders, each file at its weight.
+"""LoRA files on an SDXL Pipeline: the one reader for sampling (`use_loras`, which `generate` calls with
+``GenerationParams.loras``) and merging (`merge_lora_file`), and the one fold of adapters into weights
+(`merge_lora`, also used by the trainer's merged export). Each file applies to the UNet and both CLIP text
+encoders, at its weight.
 
 Key formats are diffusers' concern: `StableDiffusionXLPipeline.lora_state_dict` reads kohya/A1111 files
 (``lora_unet_*``, ``lora_te1_*``, ``lora_te2_*``) and diffusers/peft files (``unet.*``, ``text_encoder.*``,
@@ -19,6 +22,26 @@ from ..bundle import Pipeline
 from .lora_files import MAX_LORAS, check_against_model, check_lora_file, parse_lora  # noqa: F401 (parse_lora: API)
 
 LoraSpec = tuple[Union[str, os.PathLike], float]
+PREFIXES = ('text_encoder', 'text_encoder_2')
+
+
+def lora_list(loras: Sequence[LoraSpec]) -> list[list]:
+    """The [[file, weight], …] form of GenerationParams.loras and of a Pipeline's ``info['loras']``."""
+    return [[str(p), float(w)] for p, w in loras]
+
+
+def use_loras(pipe: Pipeline, loras: Sequence[LoraSpec]) -> None:
+    """What `generate` does with ``GenerationParams.loras``: the pipeline then carries exactly these files at
+    these weights. Nothing to do when it already does; otherwise the files attached before (by `apply_loras`)
+    are removed and these attached. No LoRAs asked leaves files attached by hand in place, and removes only
+    those an earlier call attached; a pipeline's own adapters (the trainer's) are never touched."""
+    wanted, have = lora_list(loras), pipe.info.get('loras', [])
+    if wanted == have or not (wanted or pipe.info.get('loras_from_params')):
+        return
+    remove_loras(pipe)
+    if wanted:
+        apply_loras(pipe, loras)
+        pipe.info['loras_from_params'] = True
 
 
 def apply_loras(pipe: Pipeline, loras: Sequence[LoraSpec]) -> list[str]:
@@ -50,7 +73,7 @@ def apply_loras(pipe: Pipeline, loras: Sequence[LoraSpec]) -> list[str]:
         name = f'lora_{i}'
         if any(k.startswith('unet.') for k in sd):
             SDXL.load_lora_into_unet(sd, alphas, unet, adapter_name=name, metadata=meta)
-        for j, (enc, prefix) in enumerate(zip(encoders, ('text_encoder', 'text_encoder_2'))):
+        for j, (enc, prefix) in enumerate(zip(encoders, PREFIXES)):
             if _load_into_text_encoder(sd, alphas, meta, enc, prefix, name):
                 in_text[j].append((name, float(weight)))
         names.append(name)
@@ -61,7 +84,7 @@ def apply_loras(pipe: Pipeline, loras: Sequence[LoraSpec]) -> list[str]:
     for enc, pairs in zip(encoders, in_text):
         if pairs:
             set_weights_and_activate_adapters(enc, [n for n, _ in pairs], [w for _, w in pairs])
-    pipe.info['loras'] = [[str(p), float(w)] for p, w in loras]
+    pipe.info['loras'], pipe.info['lora_adapters'] = lora_list(loras), names
     return names
 
 
@@ -82,12 +105,61 @@ def _peft_layout(sd: dict) -> dict:
     return out
 
 
+def remove_loras(pipe: Pipeline) -> None:
+    """Delete the adapters `apply_loras` attached (it never changes the base weights)."""
+    from diffusers.utils.peft_utils import delete_adapter_layers
+    names = pipe.info.pop('lora_adapters', [])
+    for key in ('loras', 'loras_from_params'):
+        pipe.info.pop(key, None)
+    unet = pipe.components.get('unet')
+    for name in names:
+        if name in getattr(unet, 'peft_config', {}):
+            unet.delete_adapters(name)
+        for enc in pipe.components['text'].encoders:
+            if name in getattr(enc, 'peft_config', {}):
+                delete_adapter_layers(enc, name)
+                enc.peft_config.pop(name, None)
+                if not enc.peft_config:
+                    del enc.peft_config
+
+
+def merge_lora(model: nn.Module, scale: float = 1.) -> nn.Module:
+    """Fold a model's active LoRA adapters into its base weights (W + scale·w·(α/r)·B·A) and remove the LoRA
+    layers, in place: a diffusers UNet or a CLIP text encoder."""
+    from diffusers.loaders.lora_base import fuse_text_encoder_lora
+    from diffusers.utils import recurse_remove_peft_layers
+    if hasattr(model, 'fuse_lora'):                    # diffusers' PeftAdapterMixin (the UNet)
+        model.fuse_lora(lora_scale=scale)
+        model.unload_lora()
+    else:                                              # a CLIP encoder with peft-injected adapters
+        fuse_text_encoder_lora(model, lora_scale=scale)
+        recurse_remove_peft_layers(model)
+        if hasattr(model, 'peft_config'):
+            del model.peft_config
+    return model
+
+
+def merge_lora_file(base: Union[str, os.PathLike], lora: Union[str, os.PathLike], out: Union[str, os.PathLike],
+                    scale: float = 1., **load_kwargs) -> None:
+    """base SDXL v model (folder or single file) + LoRA file → merged SGM single file with markers, read and
+    folded as sampling reads it. load_kwargs go to `load_sdxl` (e.g. the *_config of a non-SDXL-size single
+    file)."""
+    from .loading import load_sdxl
+    from .saving import save_single_file
+    pipe = load_sdxl(base, **load_kwargs)
+    names = apply_loras(pipe, [(lora, scale)])
+    for model in (pipe.components['unet'], *pipe.components['text'].encoders):
+        if any(n in getattr(model, 'peft_config', {}) for n in names):
+            merge_lora(model)
+    save_single_file(pipe, out)
+
+
 def _load_into_text_encoder(sd: dict, alphas: Optional[dict], meta: Optional[dict], encoder: nn.Module, prefix: str,
                             name: str) -> bool:
     """Attach the `prefix.` part of a diffusers-layout LoRA state dict to a CLIP encoder as peft adapter `name`."""
+    from diffusers.utils.peft_utils import get_peft_kwargs
     from diffusers.utils.state_dict_utils import (StateDictType, convert_state_dict_to_diffusers,
                                                   convert_state_dict_to_peft)
-    from diffusers.utils.peft_utils import get_peft_kwargs
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
     part = {k[len(prefix) + 1:]: v for k, v in sd.items() if k.startswith(prefix + '.')}
     if not part:
