@@ -1,4 +1,5 @@
-"""Executable documentation: every ```bash and ```python block of README.md and examples/*.md runs as written.
+"""Executable documentation: every ```bash and ```python block of README.md, docs/*.md and examples/*.md runs
+as written.
 
 The blocks of one document run in order in a fresh temporary folder (a fresh checkout: `examples/` is linked
 in; a later block may use what an earlier one wrote, as a reader would) as subprocesses with
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / 'README.md', *sorted((ROOT / 'examples').glob('*.md'))]
+DOCS = [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md')), *sorted((ROOT / 'examples').glob('*.md'))]
 # (pattern, replacement): fewer steps and samples, the same commands.
 SMALLER = [
     (r'--steps 28\b', '--steps 2'),
@@ -70,7 +71,9 @@ def command(line: str) -> list[str]:
 
 
 def test_every_block_is_collected():
-    assert all(blocks(doc) or covered(doc) for doc in DOCS) and {d.name for d in DOCS} >= {'README.md', 'train_tiny.md'}
+    assert all(blocks(doc) or covered(doc) for doc in DOCS)
+    assert {d.name for d in DOCS} >= {'README.md', 'train_tiny.md', 'sampling.md', 'sdxl.md', 'hosts.md', 'training.md',
+                                     'benchmarks.md'}
     skipped = {line.split('#')[0].strip() for doc in DOCS for lang, code in blocks(doc) if lang == 'bash'
                for line in code.splitlines() if line.split('#')[0].strip() in SKIP}
     assert skipped == set(SKIP)                        # nothing else is skipped, and no stale entry

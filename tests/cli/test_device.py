@@ -147,17 +147,17 @@ def test_empty_negative_prompt_is_zeros_like_diffusers(tiny):
 
 
 def readme_commands() -> list[list[str]]:
-    """The kdiff-ztsnr lines of the README's "Running a real SDXL v-pred model" section."""
+    """The kdiff-ztsnr lines of docs/sdxl.md ("Running a real SDXL v-pred model")."""
     import shlex
     from pathlib import Path
-    text = (Path(__file__).parents[2] / 'README.md').read_text()
-    section = text.split('## Running a real SDXL v-pred model', 1)[1].split('\n## ', 1)[0]
+    text = (Path(__file__).parents[2] / 'docs' / 'sdxl.md').read_text()
+    section = text.split('# Running a real SDXL v-pred model', 1)[1].split('\n## ', 1)[0]
     lines = [l.split('  #')[0].strip() for l in section.split('```bash', 1)[1].split('```', 1)[0].splitlines()]
     return [shlex.split(l)[1:] for l in lines if l.startswith('kdiff-ztsnr ')]
 
 
 def test_readme_commands_run_on_the_tiny_model(tiny, tmp_path, capsys):
-    """Every command of the README section, on the tiny model (CPU; small canvas and 2 steps)."""
+    """Every command of docs/sdxl.md's block, on the tiny model (CPU; small canvas and 2 steps)."""
     names = {'model.safetensors': tiny['file'], 'nomarkers.safetensors': tiny['nomarkers'],
              'custom_configs/': tiny['folder'], 'sdxl_config/': tmp_path / 'cfg'}
     commands = readme_commands()
