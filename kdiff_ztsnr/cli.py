@@ -26,8 +26,36 @@ import sys
 from typing import Optional
 
 from .cli_parser import Parser
-from .generation.params import REGIMES, SAMPLER_NAMES, SCHEDULES, GenerationParams, check_fields, check_params
+from .errors import ParamError
+from .generation.params import (FIELDS, REGIMES, SAMPLER_NAMES, SCHEDULES, GenerationParams, check_fields,
+                                check_params)
 from .untrusted import printable
+
+# The command line's option for each library parameter its errors name: a generation field's FIELDS[].option,
+# every other parameter's by the option that sets it. Without a value a field (or loras) is named by its metadata
+# key too, as --from-image reads keys: "steps (--steps)".
+FLAGS = {**{k: f.option or '--' + k.replace('_', '-') for k, f in FIELDS.items()},
+         'loras': '--lora FILE[:WEIGHT]', 'device': '--device', 'dtype': '--dtype', 'vae_dtype': '--vae-dtype',
+         'config_dir': '--config', 'prediction_type': '--prediction', 'zero_terminal_snr': '--ztsnr-table',
+         'out': '--out', 'alpha': '--alpha-metadata', 'limits': '--no-size-limit', 'resume': '--resume',
+         'out_dir': '--out-dir', 'overwrite': '--overwrite', 'config': '--config', 'prompt_file': '--prompt-file',
+         'trust_code': '--trust-code'}
+VALUES = {'zero_terminal_snr': {'True': 'on', 'False': 'off'}, 'limits': {'False': ''}, 'alpha': {'True': ''},
+          'overwrite': {'True': ''}, 'trust_code': {'True': ''}}
+
+
+def option_name(param: str, value: Optional[str]) -> str:
+    """A library parameter (and its value, as Python writes it) in the command line's words."""
+    flag = FLAGS.get(param, param)
+    if value is None:
+        return f'{param} ({flag})' if param in FIELDS or param == 'loras' else flag
+    shown = VALUES.get(param, {}).get(value, value.strip('\'"'))
+    return f'{flag.split()[0]} {shown}' if shown else flag.split()[0]
+
+
+def said(e: Exception) -> str:
+    """An error's message for the command line: library parameters named by their options."""
+    return e.spell(option_name) if isinstance(e, ParamError) else str(e)
 
 Formatter = argparse.ArgumentDefaultsHelpFormatter
 
@@ -106,9 +134,10 @@ def pipeline_from_args(args: argparse.Namespace, model: str, device: Optional[st
         raise ValueError(f'--ztsnr-table {table!r}: choose from on, off')
     with phase(f'loading model {model}'):
         pipe = load_pipeline(model, device=device or args.device, dtype=args.dtype,
-                             vae_dtype=getattr(args, 'vae_dtype', None), config=getattr(args, 'model_config', None),
-                             prediction=getattr(args, 'prediction', None),
-                             ztsnr_table=None if table is None else table == 'on',
+                             vae_dtype=getattr(args, 'vae_dtype', None),
+                             config_dir=getattr(args, 'model_config', None),
+                             prediction_type=getattr(args, 'prediction', None),
+                             zero_terminal_snr=None if table is None else table == 'on',
                              vae_tiling=getattr(args, 'vae_tiling', False))
     if 'detected' in pipe.info:
         print(printable(f'model {pipe.name}: {pipe.info["detected"]}; {pipe.info.get("dtype")} on {pipe.device} '
@@ -166,7 +195,7 @@ def read_png(path: str, lora_dir: Optional[str] = None) -> dict:
 def read_params(path: str, lora_dir: Optional[str] = None) -> dict:
     """--from-image metadata, checked like command-line values (types, ranges, choices)."""
     meta = read_png(path, lora_dir)
-    check_fields(meta, where=f'--from-image {path}: ')
+    check_fields(meta, where=f'--from-image {quote(path)}: ')
     return meta
 
 
@@ -363,7 +392,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     try:
         check_fields(meta)
     except ValueError as e:                          # shown, but a re-run would refuse it
-        print(f'warning: {printable(e)}', file=sys.stderr)
+        print(f'warning: {printable(said(e))}', file=sys.stderr)
     return 0
 
 
@@ -436,8 +465,8 @@ def print_known_prompts(model: str) -> int:
 def cmd_export_config(args: argparse.Namespace) -> int:
     from .models.sdxl.export import export_diffusers_config
     ztsnr = None if args.ztsnr_table is None else args.ztsnr_table == 'on'
-    for path in export_diffusers_config(args.dir, model=args.model, config=args.model_config, zero_terminal_snr=ztsnr,
-                                        overwrite=args.overwrite):
+    for path in export_diffusers_config(args.dir, model=args.model, config_dir=args.model_config,
+                                        zero_terminal_snr=ztsnr, overwrite=args.overwrite):
         print(path)
     return 0
 
@@ -505,7 +534,7 @@ def main(argv: Optional[list] = None) -> int:
     from .progress import set_quiet
     set_quiet(getattr(args, 'quiet', False))
     try:
-        return run_command(args.command, lambda: COMMANDS[args.command](args))
+        return run_command(args.command, lambda: COMMANDS[args.command](args), say=said)
     finally:
         warnings.showwarning = shown
 

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / 'kdiff_ztsnr'
 # the layer of each top-level module or sub-package, bottom first
 LAYERS = [
     ('core', {'schedules', 'denoisers', 'sampling', 'guidance', 'img2img', 'losses', 'oracle', 'schedule_policy',
-              'files', 'untrusted', 'progress'}),
+              'files', 'untrusted', 'progress', 'errors', 'rules'}),
     ('text', {'text'}),
     ('models', {'models'}),
     ('generation', {'generation'}),

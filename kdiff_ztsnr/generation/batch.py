@@ -3,6 +3,7 @@
 import os
 from typing import Callable
 
+from ..errors import ParamError, marked, quote
 from ..progress import bar, status
 from .generate import generate
 from .image_io import to_pil
@@ -52,7 +53,7 @@ def sample_prompt_file(args, given: dict, load: Callable) -> int:
         try:
             check_params(p, pipe.size_multiple, pipe.name, limits=not args.no_size_limit)
         except ValueError as e:
-            raise ValueError(f'--prompt-file {args.prompt_file} line {job.line}: {e}') from None
+            raise ParamError(f'{{prompt_file={quote(args.prompt_file)}}} line {job.line}: {marked(e)}') from None
     os.makedirs(args.out, exist_ok=True)
     todo = [(job, p) for job, p in share(list(zip(args.jobs, plans)), rank, world)
             if not all(os.path.exists(os.path.join(args.out, output_name(job.line, p.seed + i)))

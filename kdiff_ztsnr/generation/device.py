@@ -12,13 +12,15 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..errors import ParamError, quote
+
 DEVICES = ('auto', 'cpu', 'cuda', 'cuda:N', 'mps')
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 ALIASES = {'float32': 'fp32', 'float16': 'fp16', 'half': 'fp16', 'bfloat16': 'bf16'}
 
 
 def resolve_device(name: str = 'auto') -> torch.device:
-    """A torch.device for a user's --device, checked to exist (ValueError naming the valid values)."""
+    """A torch.device for a device name, checked to exist (ParamError naming the valid values)."""
     name = (name or 'auto').strip().lower()
     if name == 'auto':
         if torch.cuda.is_available():
@@ -28,26 +30,27 @@ def resolve_device(name: str = 'auto') -> torch.device:
         return torch.device('cpu')
     if name == 'mps':
         if not torch.backends.mps.is_available():
-            raise ValueError("--device mps: MPS is not available on this machine; use auto or cpu")
+            raise ParamError("{device='mps'}: MPS is not available on this machine; use auto or cpu")
         return torch.device('mps')
     m = re.fullmatch(r'cuda(?::(\d+))?', name)
     if m is None:
-        raise ValueError(f'unknown device {name!r}; choose from {", ".join(DEVICES)}')
+        raise ParamError(f'unknown {{device}} {quote(repr(name))}; choose from {", ".join(DEVICES)}')
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     index = int(m.group(1) or 0)
     if index >= n:
         have = f'{n} CUDA device(s): cuda:0..cuda:{n - 1}' if n else 'no CUDA device'
-        raise ValueError(f'--device {name}: this machine has {have}; use auto or cpu')
+        raise ParamError(f'{{device={quote(repr(name))}}}: this machine has {have}; use auto or cpu')
     return torch.device('cuda', index)
 
 
-def resolve_dtype(name: Optional[str], device: torch.device, what: str = '--dtype') -> torch.dtype:
-    """The network dtype for a user's --dtype on device (auto: fp16 on CUDA, fp32 elsewhere)."""
+def resolve_dtype(name: Optional[str], device: torch.device, what: str = 'dtype') -> torch.dtype:
+    """The network dtype for a dtype name on device (auto: fp16 on CUDA, fp32 elsewhere); `what` names the
+    parameter in errors."""
     name = ALIASES.get((name or 'auto').strip().lower(), (name or 'auto').strip().lower())
     if name == 'auto':
         return torch.float16 if torch.device(device).type == 'cuda' else torch.float32
     if name not in DTYPES:
-        raise ValueError(f'{what} {name!r}: choose from auto, {", ".join(DTYPES)}')
+        raise ParamError(f'{{{what}={quote(repr(name))}}}: choose from auto, {", ".join(DTYPES)}')
     return DTYPES[name]
 
 

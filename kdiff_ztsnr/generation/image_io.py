@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from ..errors import ParamError, ParamOSError, quote
 from .params import GenerationParams
 
 if TYPE_CHECKING:                       # torch is imported where a tensor is made: --out is checked without it
@@ -80,32 +81,33 @@ def mount_type(path: str) -> str:
 def prepare_out(out: str) -> None:
     """Prove the output folder writable (or creatable) before any work is done; nothing is created yet."""
     if not out or not out.strip():
-        raise ValueError(f'--out {out!r} is empty; give a folder for the images')
+        raise ParamError(f'{{out={quote(repr(out))}}} is empty; give a folder for the images')
     if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f'--out {out} is a file; give a folder for the images')
+        raise ParamError(f'{{out={quote(out)}}} is a file; give a folder for the images')
     folder = os.path.abspath(out)
     missing = []
     while not os.path.exists(folder):                    # the nearest existing ancestor will hold it
         if os.path.islink(folder):
-            raise ValueError(f'--out {out}: {folder} is a symbolic link to {os.readlink(folder)}, which does not '
-                             f'exist')
+            raise ParamError(f'{{out={quote(out)}}}: {quote(folder)} is a symbolic link to '
+                             f'{quote(os.readlink(folder))}, which does not exist')
         missing.append(os.path.basename(folder))
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
-        raise ValueError(f'--out {out}: {folder} is a file, so the folder cannot be created')
+        raise ParamError(f'{{out={quote(out)}}}: {quote(folder)} is a file, so the folder cannot be created')
     kind = mount_type(folder)
     if kind in PSEUDO_FS:
-        raise ValueError(f'--out {out}: {folder} is on the {kind} pseudo-filesystem, where images cannot be written')
+        raise ParamError(f'{{out={quote(out)}}}: {quote(folder)} is on the {kind} pseudo-filesystem, where images '
+                         f'cannot be written')
     limit = os.pathconf(folder, 'PC_NAME_MAX') if hasattr(os, 'pathconf') else 255
     long = [m for m in missing if len(os.fsencode(m)) > limit]
     if long:
-        raise ValueError(f'--out {out}: the folder name {long[0][:40]}… is longer than the {limit} bytes a name '
-                         f'may have there')
+        raise ParamError(f'{{out={quote(out)}}}: the folder name {quote(long[0][:40])}… is longer than the {limit} '
+                         f'bytes a name may have there')
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix='.kdiff-ztsnr-probe-'):
             pass
     except OSError as e:
-        raise OSError(f'--out {out} is not a writable folder: {write_failure(folder, e)}') from e
+        raise ParamOSError(f'{{out={quote(out)}}} is not a writable folder: {quote(write_failure(folder, e))}') from e
 
 
 def write_failure(folder: str, e: OSError) -> str:

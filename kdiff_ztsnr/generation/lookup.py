@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
+from ..errors import ParamError, ParamFileError, quote
 from ..models.bundle import Pipeline
 
 if TYPE_CHECKING:
@@ -35,13 +36,13 @@ def sdxl_configs(config_dir: Union[str, os.PathLike, None]) -> dict:
         return {}
     root = Path(config_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f'--config {root}: not a directory (give a diffusers folder with unet/config.json, '
-                                f'vae/config.json, … e.g. one written by `kdiff-ztsnr export-diffusers-config`)')
+        raise ParamFileError(f'{{config_dir={quote(root)}}}: not a directory (give a diffusers folder with '
+                             f'unet/config.json, vae/config.json, … e.g. one written by `export_diffusers_config`)')
     found = {c: root / c / 'config.json' for c in ('unet', 'vae', 'text_encoder', 'text_encoder_2')}
     found = {c: f for c, f in found.items() if f.is_file()}
     if not found:
-        raise FileNotFoundError(f'--config {root}: no unet/config.json, vae/config.json, text_encoder/config.json '
-                                f'or text_encoder_2/config.json in it')
+        raise ParamFileError(f'{{config_dir={quote(root)}}}: no unet/config.json, vae/config.json, '
+                             f'text_encoder/config.json or text_encoder_2/config.json in it')
     return {f'{c}_config': str(f) for c, f in found.items()}
 
 
@@ -49,9 +50,9 @@ def load_pipeline(spec: Union[str, os.PathLike] = 'embedded',
                   device: Union[str, 'torch.device'] = 'cpu',     # auto | cpu | cuda[:N] | mps, or a torch.device
                   dtype: Union[str, 'torch.dtype', None] = None,  # auto | fp32 | fp16 | bf16 (None: auto)
                   vae_dtype: Union[str, 'torch.dtype', None] = None,  # SDXL VAE; None: fp32 if force_upcast & fp16
-                  config: Union[str, os.PathLike, None] = None,   # SDXL single file: a diffusers folder's configs
-                  prediction: Optional[str] = None,               # SDXL: 'v' for files without markers
-                  ztsnr_table: Optional[bool] = None,             # SDXL: override the zero-terminal-SNR detection
+                  config_dir: Union[str, os.PathLike, None] = None,  # SDXL single file: a diffusers folder's configs
+                  prediction_type: Optional[str] = None,          # SDXL: 'v' for files without markers
+                  zero_terminal_snr: Optional[bool] = None,       # SDXL: override the zero-terminal-SNR detection
                   vae_tiling: bool = False) -> Pipeline:          # diffusers' tiled VAE encode/decode
     """A Pipeline for 'embedded', a trainer checkpoint directory, or an SDXL folder / .safetensors file, on
     device in dtype (the network's; σ and noise arithmetic stay float32)."""
@@ -60,11 +61,11 @@ def load_pipeline(spec: Union[str, os.PathLike] = 'embedded',
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, device)
     if isinstance(vae_dtype, str):
-        vae_dtype = resolve_dtype(vae_dtype, device, '--vae-dtype')
-    if prediction is not None and prediction not in ('v', 'v_prediction'):
-        raise ValueError(f'--prediction {prediction!r}: kdiff-ztsnr samples v-prediction models only; the only '
-                         f'override is v (for v-prediction files saved without the v_pred marker)')
-    sdxl_kw = sdxl_configs(config)
+        vae_dtype = resolve_dtype(vae_dtype, device, 'vae_dtype')
+    if prediction_type is not None and prediction_type not in ('v', 'v_prediction'):
+        raise ParamError(f'{{prediction_type={quote(repr(prediction_type))}}}: kdiff-ztsnr samples v-prediction '
+                         f'models only; the only override is v (for v-prediction files saved without the v_pred marker)')
+    sdxl_kw = sdxl_configs(config_dir)
     path = EMBEDDED if str(spec) == 'embedded' else Path(spec)
     if not path.exists():
         hint = ' (the embedded model ships with the package: reinstall it)' if str(spec) == 'embedded' else ''
@@ -77,9 +78,9 @@ def load_pipeline(spec: Union[str, os.PathLike] = 'embedded',
         return pipe
     if is_sdxl(path):
         from ..models.sdxl import load_sdxl
-        pipe = load_sdxl(path, dtype=dtype, device=device, vae_dtype=vae_dtype, prediction_type=prediction,
-                         zero_terminal_snr=ztsnr_table, text_kwargs={'truncate': True}, **sdxl_kw,
-                         force_zeros=None if config is None or path.is_dir() else _force_zeros(config))
+        pipe = load_sdxl(path, dtype=dtype, device=device, vae_dtype=vae_dtype, prediction_type=prediction_type,
+                         zero_terminal_snr=zero_terminal_snr, text_kwargs={'truncate': True}, **sdxl_kw,
+                         force_zeros=None if config_dir is None or path.is_dir() else _force_zeros(config_dir))
         if vae_tiling:
             pipe.components['vae'].enable_tiling()
         return pipe
@@ -88,7 +89,7 @@ def load_pipeline(spec: Union[str, os.PathLike] = 'embedded',
 
 
 def _force_zeros(config_dir: Union[str, os.PathLike]) -> Optional[bool]:
-    """force_zeros_for_empty_prompt of a --config folder's model_index.json (None: not given there)."""
+    """force_zeros_for_empty_prompt of a config_dir's model_index.json (None: not given there)."""
     index = Path(config_dir) / 'model_index.json'
     from ..untrusted import read_json_object
     return read_json_object(index, 'model index').get('force_zeros_for_empty_prompt') if index.is_file() else None

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from . import names
+from ..errors import ParamError
 
 STEALTH_MAGIC = b'stealth_pngcomp'
 MAX_METADATA = 1 << 20                 # bytes of decompressed JSON / text read back
@@ -273,13 +274,13 @@ def _alpha_payload(params: dict) -> bytes:
 
 
 def check_alpha_fits(params: dict, width: int, height: int) -> None:
-    """ValueError (naming --alpha-metadata and the smallest square that fits) if the parameters do not fit."""
+    """ParamError (naming the alpha option and the smallest square that fits) if the parameters do not fit."""
     need = len(_alpha_payload(params)) * 8
     if need > width * height:
         side = int(need ** 0.5) + 1
-        raise ValueError(f'--alpha-metadata: the parameters need {need} pixels of alpha, a {width}x{height} image '
+        raise ParamError(f'{{alpha}}: the parameters need {need} pixels of alpha, a {width}x{height} image '
                          f'has {width * height}; use a canvas of at least {need} pixels (e.g. {side}x{side}, '
-                         f'rounded up to the model\'s size multiple) or drop --alpha-metadata')
+                         f'rounded up to the model\'s size multiple) or drop {{alpha=True}}')
 
 
 def embed_alpha(image: Image.Image, params: dict) -> Image.Image:

@@ -9,6 +9,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..errors import ParamError, quote
+from ..rules import Rule, fits, fmt
+
 # schedule_policy.SCHEDULE_NAMES and 'recommended' (a test checks the two lists agree)
 SCHEDULES = ('native', 'karras', 'exponential', 'polyexponential', 'kl_optimal', 'normal', 'simple', 'sgm_uniform',
              'beta', 'trailing', 'recommended')
@@ -51,30 +54,23 @@ class GenerationParams:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def fmt(x: float) -> str:
-    """A bound as written: integers exactly, other numbers short."""
-    return str(int(x)) if float(x).is_integer() else f'{x:g}'
+def Field(kind: type, lo: Optional[float] = None, hi: Optional[float] = None, choices: tuple = (),
+          optional: bool = False, option: Optional[str] = None) -> Rule:
+    """One parameter's rule: its type (an int is accepted for a float), an inclusive range (a string's: its
+    length) or choices, whether None is allowed, and its command-line option (default --key-with-dashes)."""
+    return Rule((kind,), lo, hi, choices=choices, optional=optional, option=option)
 
 
-@dataclass(frozen=True)
-class Field:
-    """One parameter's schema: its type, an inclusive range or choices, whether None is allowed."""
-    kind: type                          # int, float, str or bool (an int is accepted for a float)
-    lo: Optional[float] = None
-    hi: Optional[float] = None
-    choices: tuple = ()
-    optional: bool = False
-    option: Optional[str] = None        # the command-line spelling (default --key-with-dashes)
-
-    def describe(self) -> str:
-        if self.choices:
-            return 'one of ' + ', '.join(self.choices)
-        what = {int: 'an integer', float: 'a finite number', str: 'a string', bool: 'true or false'}[self.kind]
-        if self.lo is not None and self.hi is not None:
-            what += f' in [{fmt(self.lo)}, {fmt(self.hi)}]'
-        elif self.hi is not None:
-            what += f' of at most {fmt(self.hi)}'
-        return what + (' (or none)' if self.optional else '')
+def describe(f: Rule) -> str:
+    """What a parameter must be, in the parameters' words."""
+    if f.choices:
+        return 'one of ' + ', '.join(f.choices)
+    what = {int: 'an integer', float: 'a finite number', str: 'a string', bool: 'true or false'}[f.kind]
+    if f.lo is not None and f.hi is not None:
+        what += f' in [{fmt(f.lo)}, {fmt(f.hi)}]'
+    elif f.hi is not None:
+        what += f' of at most {fmt(f.hi)}'
+    return what + (' (or none)' if f.optional else '')
 
 
 MAX_SIDE = 8192                         # pixels per side
@@ -105,30 +101,13 @@ FIELDS = {
 }
 
 
-def field_name(key: str) -> str:
-    f = FIELDS[key]
-    return f"{key} ({f.option or '--' + key.replace('_', '-')})"
-
-
 def check_value(key: str, value, where: str = '') -> None:
-    """ValueError naming the key (and its option) and what would be valid, unless value fits FIELDS[key]."""
+    """ParamError naming the key and what would be valid, unless value fits FIELDS[key]."""
     f = FIELDS[key]
-    if value is None and f.optional:
-        return
-    ok = isinstance(value, f.kind) and not (f.kind is int and isinstance(value, bool))
-    if f.kind is float and isinstance(value, int) and not isinstance(value, bool):
-        ok = True
-    if ok and f.kind is float:
-        ok = math.isfinite(value)
-    if ok and f.choices:
-        ok = value in f.choices
-    if ok and f.kind is not bool and not f.choices:
-        size = len(value) if f.kind is str else value
-        ok = (f.lo is None or size >= f.lo) and (f.hi is None or size <= f.hi)
-    if not ok:
+    if not fits(f, value):
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + '...'
-        what = f.describe() if f.kind is not str or f.choices else f'a string of at most {f.hi:g} characters'
-        raise ValueError(f'{where}{field_name(key)} must be {what}, got {shown}')
+        what = describe(f) if f.kind is not str or f.choices else f'a string of at most {f.hi:g} characters'
+        raise ParamError(f'{where}{{{key}}} must be {what}, got {quote(shown)}')
 
 
 MAX_LORAS = 16
@@ -141,12 +120,13 @@ def check_loras(value, where: str = '') -> None:
         and isinstance(e[1], (int, float)) and not isinstance(e[1], bool) and math.isfinite(e[1])
         and -10 <= e[1] <= 10 for e in value)
     if not ok:
-        raise ValueError(f'{where}loras (--lora FILE[:WEIGHT]) must be at most {MAX_LORAS} [file, weight] pairs with '
-                         f'finite weights in [-10, 10], got {str(value)[:200]}')
+        raise ParamError(f'{where}{{loras}} must be at most {MAX_LORAS} [file, weight] pairs with '
+                         f'finite weights in [-10, 10], got {quote(str(value)[:200])}')
 
 
 def check_fields(d: dict, where: str = '') -> None:
-    """Check every known key of a parameter dict (unknown keys, e.g. A1111's extras, are ignored)."""
+    """Check every known key of a parameter dict (unknown keys, e.g. A1111's extras, are ignored); `where`
+    starts each message (marked as `errors` marks messages)."""
     for key, value in d.items():
         if key in FIELDS:
             check_value(key, value, where)
@@ -165,12 +145,12 @@ def check_params(p: GenerationParams, size_multiple: int = 1, name: str = 'the m
         raise ValueError(f'width and height must be positive multiples of {m} for {name}, '
                          f'got {p.width}x{p.height}')
     if p.ztsnr == 'sigma_max' and p.sigma_max is None:
-        raise ValueError('ztsnr="sigma_max" needs a finite positive sigma_max (--sigma-max), got none')
+        raise ParamError('ztsnr="sigma_max" needs a finite positive {sigma_max}, got none')
     if p.seed + p.n_samples - 1 > MAX_SEED:
         raise ValueError(f'seed + n_samples - 1 must be at most {MAX_SEED}, got {p.seed + p.n_samples - 1}')
     if limits and p.width * p.height * p.n_samples > MAX_PIXELS:
-        raise ValueError(f'width x height x n_samples = {p.width}x{p.height}x{p.n_samples} exceeds the limit of '
-                         f'{MAX_PIXELS} pixels (lower them, or pass --no-size-limit)')
+        raise ParamError(f'width x height x n_samples = {p.width}x{p.height}x{p.n_samples} exceeds the limit of '
+                         f'{MAX_PIXELS} pixels (lower them, or pass {{limits=False}})')
     if limits and p.width * p.height * p.n_samples * p.steps > MAX_WORK:
-        raise ValueError(f'width x height x n_samples x steps = {p.width}x{p.height}x{p.n_samples}x{p.steps} '
-                         f'exceeds the limit of {MAX_WORK} pixel-steps (lower them, or pass --no-size-limit)')
+        raise ParamError(f'width x height x n_samples x steps = {p.width}x{p.height}x{p.n_samples}x{p.steps} '
+                         f'exceeds the limit of {MAX_WORK} pixel-steps (lower them, or pass {{limits=False}})')

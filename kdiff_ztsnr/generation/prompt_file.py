@@ -19,6 +19,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from ..errors import ParamError, quote
 from .params import FIELDS, check_fields
 
 ALIASES = {'negative': 'uc', 'schedule': 'noise_schedule', 'n': 'n_samples'}
@@ -43,7 +44,7 @@ def parse_size(value, where: str) -> dict:
     elif isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value):
         w, h = value
     else:
-        raise ValueError(f'{where}size must be "WIDTHxHEIGHT" or [width, height], got {value!r}')
+        raise ParamError(f'{where}size must be "WIDTHxHEIGHT" or [width, height], got {quote(repr(value))}')
     return {'width': w, 'height': h}
 
 
@@ -55,9 +56,9 @@ def parse_line(text: str, where: str) -> dict:
         try:
             obj = json.loads(text)
         except ValueError as e:
-            raise ValueError(f'{where}not valid JSON ({e})') from None
+            raise ParamError(f'{where}not valid JSON ({quote(e)})') from None
         if not isinstance(obj, dict):
-            raise ValueError(f'{where}a JSON line must be an object, got {type(obj).__name__}')
+            raise ParamError(f'{where}a JSON line must be an object, got {type(obj).__name__}')
         params = {}
         for key, value in obj.items():
             if key == 'size':
@@ -67,9 +68,9 @@ def parse_line(text: str, where: str) -> dict:
             else:
                 close = difflib.get_close_matches(key, KEYS, n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ''
-                raise ValueError(f'{where}unknown key {key!r}{hint}; the keys are: {", ".join(KEYS)}')
+                raise ParamError(f'{where}unknown key {quote(repr(key))}{hint}; the keys are: {", ".join(KEYS)}')
         if not isinstance(params.get('prompt'), str):
-            raise ValueError(f'{where}a JSON line needs a "prompt" string')
+            raise ParamError(f'{where}a JSON line needs a "prompt" string')
     check_fields(params, where)
     return params
 
@@ -77,20 +78,20 @@ def parse_line(text: str, where: str) -> dict:
 def read_prompt_file(path: str) -> list:
     """Every prompt line of the file as a Job, each checked; an error names the file and line."""
     if not os.path.isfile(path):
-        raise ValueError(f'--prompt-file {path}: no such file')
+        raise ParamError(f'{{prompt_file={quote(path)}}}: no such file')
     jobs = []
     try:
         with open(path, encoding='utf-8') as f:
             for number, raw in enumerate(f, 1):
                 text = raw.strip()
                 if text and not text.startswith('#'):
-                    jobs.append(Job(number, parse_line(text, f'--prompt-file {path} line {number}: ')))
+                    jobs.append(Job(number, parse_line(text, f'{{prompt_file={quote(path)}}} line {number}: ')))
                 if len(jobs) > MAX_LINES:
-                    raise ValueError(f'--prompt-file {path}: more than {MAX_LINES} prompts')
+                    raise ParamError(f'{{prompt_file={quote(path)}}}: more than {MAX_LINES} prompts')
     except UnicodeDecodeError as e:
-        raise ValueError(f'--prompt-file {path}: not UTF-8 text ({e.reason} at byte {e.start})') from None
+        raise ParamError(f'{{prompt_file={quote(path)}}}: not UTF-8 text ({e.reason} at byte {e.start})') from None
     if not jobs:
-        raise ValueError(f'--prompt-file {path}: no prompts in it (blank lines and # comments are skipped)')
+        raise ParamError(f'{{prompt_file={quote(path)}}}: no prompts in it (blank lines and # comments are skipped)')
     return jobs
 
 

@@ -9,6 +9,7 @@ from typing import Callable, Optional
 from torch import nn
 
 from ..denoisers import DiscreteVDenoiser
+from ..errors import ParamError, quote
 from .alphas import alphas_cumprod_for
 
 
@@ -50,8 +51,8 @@ def build_model(config: dict, trust_code: bool = False) -> nn.Module:
             raise ValueError(f'refused model.target {str(model_config.get("target"))[:120]!r}: {CUSTOM_CODE_HINT}')
         return build_trusted_module(model_config)
     if kind not in MODEL_TYPES:
-        raise ValueError(f"unknown model type {kind!r}; expected one of {sorted(MODEL_TYPES)} (or 'module' with "
-                         f"--trust-code)")
+        raise ParamError(f"unknown model type {quote(repr(kind))}; expected one of {sorted(MODEL_TYPES)} (or "
+                         f"'module' with {{trust_code=True}})")
     return MODEL_TYPES[kind](model_config)
 
 

@@ -7,7 +7,7 @@ Names are imported lazily, so that the command line can build its parser without
 
 import importlib
 
-_EXPORTS = {'Trainer': 'trainer', 'train_main': 'command', 'DEFAULTS': 'config', 'load_training_config': 'config',
+_EXPORTS = {'Trainer': 'trainer', 'DEFAULTS': 'config', 'load_training_config': 'config',
             'resolve_text_dims': 'config'}
 
 

@@ -1,4 +1,4 @@
-"""``kdiff-ztsnr train`` / ``python -m kdiff_ztsnr.training``: train from a config, or resume a run."""
+"""``kdiff-ztsnr train``: train from a config, or resume a run (its options, and how a command ends)."""
 
 import argparse
 import signal
@@ -68,14 +68,14 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
-def run_command(name: str, command: Callable[[], int]) -> int:
-    """Run a command as the CLI does: a user error (ValueError, OSError) is one ``error:`` line and exit 2;
-    SIGINT / SIGTERM one line and exit 130 / 143, no traceback."""
+def run_command(name: str, command: Callable[[], int], say: Callable[[Exception], str] = str) -> int:
+    """Run a command as the CLI does: a user error (ValueError, OSError) is one ``error:`` line (its message as
+    `say` words it, escaped) and exit 2; SIGINT / SIGTERM one line and exit 130 / 143, no traceback."""
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return command()
     except (ValueError, OSError) as e:       # user errors (CheckpointError is a ValueError): one line
-        print(f'error: {printable(e)}', file=sys.stderr)
+        print(f'error: {printable(say(e))}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f'interrupted (SIGINT): {name} stopped', file=sys.stderr)
@@ -86,13 +86,3 @@ def run_command(name: str, command: Callable[[], int]) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
 
-
-def train_main(argv: Optional[list[str]] = None) -> int:
-    """``kdiff-ztsnr train --config cfg.json [--resume DIR] [--steps N] [--out-dir DIR]``."""
-    parser = add_train_args(argparse.ArgumentParser(prog='kdiff-ztsnr train', description=DESCRIPTION))
-    args = parser.parse_args(argv)
-
-    def train() -> int:
-        train_from_args(args)
-        return 0
-    return run_command('train', train)

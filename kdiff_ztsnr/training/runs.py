@@ -1,6 +1,6 @@
 """What a training run may do to its out_dir, and what a resume may change: nothing a user made is lost.
 
-- An out_dir holding a previous run (RUN_FILES or checkpoint-*) is refused unless resuming or --overwrite.
+- An out_dir holding a previous run (RUN_FILES or checkpoint-*) is refused unless resuming or overwriting.
 - Checkpoints are pruned by step number; the one just written is always kept, so ``latest`` never dangles.
 - metrics.jsonl is trimmed atomically.
 - A resume must use the checkpoint's settings except RESUMABLE keys (its optimizer and schedules continue).
@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+from ..errors import ParamError, quote
 from ..files import atomic_write
 
 RUN_FILES = ('config.json', 'metrics.jsonl', 'latest')
@@ -34,7 +35,7 @@ def previous_run(out_dir: Path) -> list[str]:
     return [n for n in RUN_FILES if (out_dir / n).exists()] + sorted(p.name for p in checkpoints(out_dir).values())
 
 
-class NonFiniteLoss(ValueError):
+class NonFiniteLoss(ParamError):
     """Training stopped because the loss was NaN or inf (the last good checkpoint is kept)."""
 
 
@@ -44,11 +45,12 @@ def check_out_dir(out_dir: Path, resume: Optional[str], overwrite: bool) -> None
     if found and resume is None and not overwrite:
         shown = ', '.join(found[:4]) + (', …' if len(found) > 4 else '')
         if not checkpoints(out_dir):
-            raise ValueError(f'training.out_dir {out_dir} holds a previous run that wrote no checkpoint ({shown}), '
-                             f'so there is nothing to --resume; pass --overwrite to replace it, or choose another '
-                             f'--out-dir')
-        raise ValueError(f'training.out_dir {out_dir} holds a previous run ({shown}); continue it with '
-                         f'--resume {out_dir}, choose another --out-dir, or pass --overwrite to replace it')
+            raise ParamError(f'training.out_dir {quote(out_dir)} holds a previous run that wrote no checkpoint '
+                             f'({quote(shown)}), so there is nothing to {{resume}}; pass {{overwrite=True}} to '
+                             f'replace it, or choose another {{out_dir}}')
+        raise ParamError(f'training.out_dir {quote(out_dir)} holds a previous run ({quote(shown)}); continue it '
+                         f'with {{resume={quote(out_dir)}}}, choose another {{out_dir}}, or pass {{overwrite=True}} '
+                         f'to replace it')
 
 
 def check_resumable(path: Path) -> None:
@@ -57,17 +59,18 @@ def check_resumable(path: Path) -> None:
     if path.is_dir() and not (path / 'latest').exists() and not (path / 'state.pt').exists() \
             and not (path / 'ema.safetensors').exists():
         what = 'holds a run that wrote no checkpoint' if previous_run(path) else 'holds no checkpoint'
-        raise ValueError(f'--resume {path}: the folder {what} (killed before training.checkpoint_every?); '
-                         f'start again with --config CFG --out-dir {path} --overwrite')
+        raise ParamError(f'{{resume={quote(path)}}}: the folder {what} (killed before training.checkpoint_every?); '
+                         f'start again with {{config=CFG}} {{out_dir={quote(path)}}} {{overwrite=True}}')
     name = (path / 'latest').read_text().strip() if (path / 'latest').is_file() else None
     if name is not None and not (path / name).is_dir():
         there = ', '.join(sorted(p.name for p in checkpoints(path).values())) or 'none'
-        raise ValueError(f'--resume {path}: its latest file names {name!r}, which is not a checkpoint folder there '
-                         f'(checkpoints: {there}); pass one of them to --resume, or start again with --overwrite')
+        raise ParamError(f'{{resume={quote(path)}}}: its latest file names {quote(repr(name))}, which is not a '
+                         f'checkpoint folder there (checkpoints: {quote(there)}); pass one of them as {{resume}}, or '
+                         f'start again with {{overwrite=True}}')
 
 
 def clear_run(out_dir: Path) -> None:
-    """--overwrite: remove a previous run's files and checkpoints (the dataset folder is kept)."""
+    """overwrite: remove a previous run's files and checkpoints (the dataset folder is kept)."""
     for step, path in checkpoints(out_dir).items():
         shutil.rmtree(path)
     for name in RUN_FILES:
@@ -112,6 +115,7 @@ def check_resume_config(saved: dict, config: dict, path: Path) -> None:
     changed = sorted(k for k in old.keys() | new.keys() if k not in RESUMABLE and old.get(k) != new.get(k))
     if changed:
         shown = ', '.join(f'{k} ({old.get(k)!r} → {new.get(k)!r})' for k in changed[:3])
-        raise ValueError(f'--resume {path}: the config changes {shown}' + (' and more' if len(changed) > 3 else '')
+        raise ParamError(f'{{resume={quote(path)}}}: the config changes {quote(shown)}'
+                         + (' and more' if len(changed) > 3 else '')
                          + '; a resume continues the saved optimizer and schedules, so only '
                          + ', '.join(sorted(RESUMABLE)) + ' may change (or start a new run)')

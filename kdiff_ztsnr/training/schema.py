@@ -1,51 +1,36 @@
 """The training config's schema: every section and key, its type, range or choices, checked before any work.
 
-A row is a `Key`; a nested section is a `Key` whose ``section`` is another dict of rows. Unknown keys are
-refused with a "did you mean" (difflib). New options add rows to SCHEMA. `validate_config` checks a user's
+A row is a `Key` (the package's one `rules.Rule`, as the generation parameters' rows are); a nested section is
+a `Key` whose ``section`` is another dict of rows. Unknown keys are refused with a "did you mean" (difflib). New options add rows to SCHEMA. `validate_config` checks a user's
 (partial) config; `check_merged` adds what needs the merged config (required keys, cross-key rules).
 """
 
 import difflib
-import math
-from dataclasses import dataclass, field
-from typing import Optional
+
+from ..rules import Rule, fits, fmt
 
 NUM_TIMESTEPS = 1000                     # = schedules.NUM_TIMESTEPS (kept import-free here)
 
 
-def fmt(x: float) -> str:
-    """A bound as written: integers exactly, other numbers short."""
-    return str(int(x)) if float(x).is_integer() else f'{x:g}'
+Key = Rule     # a config key's rule (`rules.Rule`: types, bounds, choices, list items and length, a section)
 
 
-@dataclass(frozen=True)
-class Key:
-    kind: tuple                          # accepted Python types, e.g. (int,), (float,), (str,), (list,)
-    lo: Optional[float] = None           # inclusive bounds (of the value, or a list's items)
-    hi: Optional[float] = None
-    gt: bool = False                     # lo is exclusive
-    choices: tuple = ()
-    optional: bool = False               # None is allowed
-    item: Optional['Key'] = None         # list items
-    length: Optional[tuple] = None       # (min, max) list length
-    section: Optional[dict] = field(default=None, hash=False)   # a nested section's rows
-    free: bool = False                   # a dict of free keyword arguments
-
-    def describe(self) -> str:
-        if self.choices:
-            what = 'one of ' + ', '.join(map(repr, self.choices))
-        else:
-            what = ' or '.join({int: 'an integer', float: 'a finite number', str: 'a string', bool: 'true/false',
-                                list: 'a list', dict: 'an object'}[k] for k in self.kind)
-            if self.lo is not None or self.hi is not None:
-                left = '(' if self.gt else '['
-                what += f" in {left}{'-inf' if self.lo is None else f'{fmt(self.lo)}'}, " \
-                        f"{'inf' if self.hi is None else f'{fmt(self.hi)}'}]"
-        if self.item is not None:
-            what += f' of items {self.item.describe()}'
-        if self.length:
-            what += f' with {self.length[0]}-{self.length[1]} items'
-        return what + (' or null' if self.optional else '')
+def describe(key: Rule) -> str:
+    """What a config key must be, in JSON's words."""
+    if key.choices:
+        what = 'one of ' + ', '.join(map(repr, key.choices))
+    else:
+        what = ' or '.join({int: 'an integer', float: 'a finite number', str: 'a string', bool: 'true/false',
+                            list: 'a list', dict: 'an object'}[k] for k in key.kinds)
+        if key.lo is not None or key.hi is not None:
+            left = '(' if key.gt else '['
+            what += f" in {left}{'-inf' if key.lo is None else f'{fmt(key.lo)}'}, " \
+                    f"{'inf' if key.hi is None else f'{fmt(key.hi)}'}]"
+    if key.item is not None:
+        what += f' of items {describe(key.item)}'
+    if key.length:
+        what += f' with {key.length[0]}-{key.length[1]} items'
+    return what + (' or null' if key.optional else '')
 
 
 def num(lo=None, hi=None, gt=False, optional=False) -> Key:
@@ -132,26 +117,6 @@ SCHEMA = {'model': MODEL, 'dataset': DATASET, 'text': TEXT_SECTION, 'optimizer':
           'lr_sched': LR_SCHED, 'ema_sched': EMA_SCHED, 'training': TRAINING}
 
 
-def _fits(key: Key, value) -> bool:
-    if value is None:
-        return key.optional
-    kinds = key.kind + ((int,) if float in key.kind else ())
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in key.kind):
-        return False
-    if isinstance(value, float) and not math.isfinite(value):
-        return False
-    if key.choices and value not in key.choices:
-        return False
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if key.lo is not None and (value <= key.lo if key.gt else value < key.lo):
-            return False
-        if key.hi is not None and value > key.hi:
-            return False
-    if isinstance(value, list) and key.length and not key.length[0] <= len(value) <= key.length[1]:
-        return False
-    return True
-
-
 def _check(rows: dict, values, where: str) -> None:
     if not isinstance(values, dict):
         raise ValueError(f'{where or "the config"} must be an object, got {type(values).__name__}')
@@ -166,9 +131,9 @@ def _check(rows: dict, values, where: str) -> None:
 
 def check_value(key: Key, value, path: str) -> None:
     """ValueError naming path and what would be valid, unless value fits key (recursively)."""
-    if not _fits(key, value):
+    if not fits(key, value):
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + '...'
-        raise ValueError(f'config key {path!r} must be {key.describe()}, got {shown}')
+        raise ValueError(f'config key {path!r} must be {describe(key)}, got {shown}')
     if isinstance(value, list) and key.item is not None:
         for i, item in enumerate(value):
             check_value(key.item, item, f'{path}[{i}]')

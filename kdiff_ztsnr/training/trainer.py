@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import progress
+from ..errors import quote
 from ..files import load_weights, save_weights
 from ..losses import sample_timesteps, v_loss
 from ..models.registry import CUSTOM_CODE_HINT, build_denoiser, build_model
@@ -60,7 +61,7 @@ class Trainer:
         self.trust_code = trust_code
         tc = config['training']
         if not tc['out_dir']:
-            raise ValueError('training.out_dir is not set: give it in the config or pass --out-dir')
+            raise ValueError('training.out_dir is not set: give it in the config')
         self.accelerator = accelerator or accelerate.Accelerator(
             mixed_precision=tc['mixed_precision'], gradient_accumulation_steps=tc['grad_accum_steps'],
             cpu=tc['cpu'])
@@ -272,7 +273,8 @@ class Trainer:
         if math.isfinite(loss):
             return
         found = runs.checkpoints(self.out_dir)
-        kept = (f'the last good checkpoint {found[max(found)]} is kept (--resume {self.out_dir} continues from it)'
+        kept = (f'the last good checkpoint {quote(found[max(found)])} is kept ({{resume={quote(self.out_dir)}}} '
+                f'continues from it)'
                 if found else 'no checkpoint was written before it')
         raise runs.NonFiniteLoss(f'training stopped at step {self.step}: the loss is {loss} (not finite); nothing '
                                  f'was saved for this step and {kept}; lower optimizer.lr, set training.grad_clip, '

@@ -98,8 +98,8 @@ def test_prediction_and_ztsnr_overrides(tiny, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count('model nomarkers.safetensors: v-prediction (--prediction v), zero-terminal-SNR table on '
                      '(--ztsnr-table)') == 1
-    on = load_pipeline(tiny['nomarkers'], config=tiny['folder'], prediction='v', ztsnr_table=True)
-    off = load_pipeline(tiny['nomarkers'], config=tiny['folder'], prediction='v', ztsnr_table=False)
+    on = load_pipeline(tiny['nomarkers'], config_dir=tiny['folder'], prediction_type='v', zero_terminal_snr=True)
+    off = load_pipeline(tiny['nomarkers'], config_dir=tiny['folder'], prediction_type='v', zero_terminal_snr=False)
     assert on.zero_terminal_snr and not off.zero_terminal_snr
     assert cli.main(['inspect', '--model', str(tiny['nomarkers'])]) == 0
     seen = json.loads(capsys.readouterr().out)
@@ -119,7 +119,7 @@ def test_export_config_lets_diffusers_read_the_file_offline(tiny, tmp_path):
     assert sched['prediction_type'] == 'v_prediction' and sched['rescale_betas_zero_snr'] is True
     theirs = StableDiffusionXLPipeline.from_single_file(str(tiny['file']), config=str(tmp_path / 'cfg'),
                                                         local_files_only=True)
-    ours = load_pipeline(tiny['file'], config=tmp_path / 'cfg').components
+    ours = load_pipeline(tiny['file'], config_dir=tmp_path / 'cfg').components
     pairs = [(theirs.unet, ours['unet']), (theirs.vae, ours['vae']), (theirs.text_encoder, ours['text'].encoders[0]),
              (theirs.text_encoder_2, ours['text'].encoders[1])]
     for a, b in pairs:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from kdiff_ztsnr import models, training
+from kdiff_ztsnr import cli, models, training
 from kdiff_ztsnr.losses import v_loss
 from kdiff_ztsnr.models import image_v1
 from kdiff_ztsnr.models.trained import load_trained, resolve_checkpoint
@@ -168,7 +168,7 @@ def test_loss_decreases_tiny_overfit(tmp_path):
 
 def _run_cli(config: dict, path: Path, *args: str) -> None:
     path.write_text(json.dumps(config))
-    assert training.train_main(['--config', str(path), *args]) == 0
+    assert cli.main(['train', '--config', str(path), *args]) == 0
 
 
 @pytest.mark.parametrize('n,m', [(3, 3), (2, 2)])   # resume mid-epoch; resume exactly at an epoch boundary
@@ -215,7 +215,7 @@ def test_checkpoint_layout_and_load_trained(tmp_path):
     cond = text(['completely black', 'completely white'])
     x = sample_euler(model, torch.randn(2, 3, 16, 16), model.get_sigmas(4), extra_args=cond, disable=True)
     assert x.shape == (2, 3, 16, 16) and torch.isfinite(x).all()
-    assert training.train_main(['--resume', str(tmp_path), '--steps', '3']) == 0   # config from the checkpoint
+    assert cli.main(['train', '--resume', str(tmp_path), '--steps', '3']) == 0   # config from the checkpoint
     assert resolve_checkpoint(tmp_path).name == 'checkpoint-00000003'
 
 

@@ -9,11 +9,13 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ...errors import ParamError, quote
 from .components import COMPONENTS, SGM_PREFIXES, build_component
 
 
-class CheckpointError(ValueError):
-    """A checkpoint whose keys or shapes do not match the architecture it is loaded into."""
+class CheckpointError(ParamError):
+    """A checkpoint whose keys or shapes do not match the architecture it is loaded into (a ValueError that may
+    name the parameters to pass instead, `errors`)."""
 
 
 def _resnet_unet(rest: str) -> str:
@@ -164,8 +166,9 @@ def convert_component(component: str, sd: dict[str, Tensor], configs: dict[str, 
         if component == 'vae':
             return sfu.convert_ldm_vae_checkpoint(sd, configs['vae'])
     except (KeyError, IndexError) as e:
-        raise CheckpointError(f'{source} does not fit the {component} config (conversion failed at {e}); '
-                              f'pass the matching {component}_config= (CLI: --config DIR)') from e
+        raise CheckpointError(f'{quote(source)} does not fit the {component} config (conversion failed at '
+                              f'{quote(e)}); pass the matching {component}_config= (or {{config_dir}}, a diffusers '
+                              f'folder of configs)') from e
     if component == 'text_encoder':
         return sfu.convert_ldm_clip_checkpoint(sd)
     te2 = text_encoder_2 or build_component('text_encoder_2', configs['text_encoder_2'], empty=True)

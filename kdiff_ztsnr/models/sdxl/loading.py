@@ -20,6 +20,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ...errors import quote
 from ...files import SafetensorsReader
 from ...text import TextConditioner, get_tokenizer
 from ...untrusted import check_folder_files, read_json_object, regular_file, torch_load_weights
@@ -60,8 +61,8 @@ def check_state_dict(model: nn.Module, sd: dict[str, Tensor], component: str, co
               ('with wrong shapes', shapes)] if xs]
     raise CheckpointError(f'{source}: {component} weights do not match the {component} config; '
                           + '; '.join(parts) + f'. Is it an SDXL-architecture model? For a different '
-                          f'architecture pass {component}_config= (a dict or JSON file; command line: '
-                          f'--config DIR, a diffusers folder of configs).')
+                          f'architecture pass {component}_config= (a dict or JSON file; or {{config_dir}}, a '
+                          f'diffusers folder of configs).')
 
 
 def load_component(component: str, config: dict, sd: dict[str, Tensor], dtype: torch.dtype,
@@ -139,15 +140,15 @@ def check_sgm_layout(sd: dict[str, Tensor], source: str, metadata: Optional[dict
         return
     if 'config' in (metadata or {}):
         raise CheckpointError(f'{source}: a kdiff-ztsnr trainer weights file (its metadata holds the training '
-                              f'config), not an SDXL model: pass its checkpoint folder {Path(source).parent} '
-                              f'as --model')
+                              f'config), not an SDXL model: pass its checkpoint folder as '
+                              f'{{model={quote(Path(source).parent)}}}')
     hint = (' It looks like an SD1/SD2 checkpoint (cond_stage_model.*).' if any(k.startswith('cond_stage_model.')
                                                                                 for k in sd) else
-            ' It looks like a LoRA: pass it with --lora.' if any(k.startswith(('lora_unet_', 'lora_te'))
+            ' It looks like a LoRA: pass it in {loras}.' if any(k.startswith(('lora_unet_', 'lora_te'))
                                                                  or '.lora_' in k for k in sd) else '')
     found = sorted({k.split('.')[0] for k in sd})
-    raise CheckpointError(f'{source}: not an SDXL checkpoint in the SGM layout: no keys under '
-                          f'{", ".join(missing)} (top-level names found: {_examples(found, 6)}).{hint}')
+    raise CheckpointError(f'{quote(source)}: not an SDXL checkpoint in the SGM layout: no keys under '
+                          f'{", ".join(missing)} (top-level names found: {quote(_examples(found, 6))}).{hint}')
 
 
 def _vae_dtype(dtype: torch.dtype, vae_config: dict) -> torch.dtype:

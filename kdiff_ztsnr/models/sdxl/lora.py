@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Union
 
 from torch import nn
 
+from ...errors import ParamError, quote
 from ..bundle import Pipeline
 from .lora_files import MAX_LORAS, check_against_model, check_lora_file, parse_lora  # noqa: F401 (parse_lora: API)
 
@@ -53,7 +54,7 @@ def apply_loras(pipe: Pipeline, loras: Sequence[LoraSpec]) -> list[str]:
     from diffusers import StableDiffusionXLPipeline as SDXL
     from diffusers.utils.peft_utils import set_weights_and_activate_adapters
     if 'unet' not in pipe.components:
-        raise ValueError(f'--lora needs an SDXL-architecture model; {pipe.name} is not one')
+        raise ParamError(f'{{loras}}: needs an SDXL-architecture model; {quote(pipe.name)} is not one')
     unet, encoders = pipe.components['unet'], pipe.components['text'].encoders
     roots = {'unet': unet, **dict(zip(('text_encoder', 'text_encoder_2'), encoders))}
     if len(loras) > MAX_LORAS:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ...errors import ParamError, ParamFileError, quote
+
 MAX_LORAS = 16                        # = generation.params.MAX_LORAS (kept equal by a test)
 MAX_WEIGHT = 10.                      # = generation.params' bound on a --lora weight
 MAX_VALUE = 1e4                       # |entry| of a LoRA matrix; trained ones are O(1)
@@ -42,13 +44,13 @@ def check_spec(spec: str) -> tuple[str, float]:
     """parse_lora plus the checks that need no model: weight finite and bounded, the file a readable LoRA."""
     path, weight = parse_lora(spec)
     if not math.isfinite(weight) or abs(weight) > MAX_WEIGHT:
-        raise ValueError(f'--lora {spec}: the weight must be a finite number in [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}], '
-                         f'got {weight}')
+        raise ParamError(f'{{loras={quote(spec)}}}: the weight must be a finite number in [-{MAX_WEIGHT:g}, '
+                         f'{MAX_WEIGHT:g}], got {weight}')
     if not os.path.lexists(path):
         head, sep, tail = spec.rpartition(':')
         hint = (f" ('{tail}' after the last ':' is not a number, so it was read as part of the name)"
                 if sep and head and os.path.exists(head) else '')
-        raise FileNotFoundError(f'LoRA file not found: {path}{hint} (--lora FILE[:WEIGHT])')
+        raise ParamFileError(f'{{loras={quote(spec)}}}: LoRA file not found: {quote(path)}{hint}')
     check_lora_file(path)
     return path, weight
 

@@ -12,6 +12,7 @@ import warnings
 from typing import Optional
 
 from ... import schedules
+from ...errors import ParamError, quote
 
 
 def markers(keys) -> tuple[Optional[str], Optional[bool]]:
@@ -26,19 +27,17 @@ def resolve_prediction(found_pred: Optional[str], found_ztsnr: Optional[bool], p
     """Check the model is v-prediction (detected or overridden); return whether it is zero-terminal-SNR."""
     pred = prediction_type or found_pred
     if pred is None:
-        raise ValueError(f'{source}: cannot tell the prediction type (no `v_pred` marker key, no scheduler '
+        raise ParamError(f'{quote(source)}: cannot tell the prediction type (no `v_pred` marker key, no scheduler '
                          f'prediction_type). SDXL checkpoints without one are normally epsilon-prediction, which '
                          f'kdiff_ztsnr does not sample. For a v-prediction model saved without markers pass '
-                         f'prediction_type="v" (command line: --prediction v), and zero_terminal_snr=True '
-                         f'(--ztsnr-table on) '
-                         f'if it is ZTSNR.')
+                         f'{{prediction_type="v"}}, and {{zero_terminal_snr=True}} if it is ZTSNR.')
     if pred not in ('v', 'v_prediction'):
-        raise ValueError(f'{source}: prediction type {pred!r}; kdiff_ztsnr samples v-prediction models only '
-                         f'(pass prediction_type="v" only if the model is in fact v-prediction)')
+        raise ParamError(f'{quote(source)}: prediction type {quote(repr(pred))}; kdiff_ztsnr samples v-prediction '
+                         f'models only (pass {{prediction_type="v"}} only if the model is in fact v-prediction)')
     ztsnr = found_ztsnr if zero_terminal_snr is None else zero_terminal_snr
     if ztsnr is None:
         warnings.warn(f'{source}: no zero-terminal-SNR information; assuming SDXL\'s ordinary schedule '
-                      f'(σ_max ≈ 14.6). Pass zero_terminal_snr=True (--ztsnr-table on) for a ZTSNR model.')
+                      f'(σ_max ≈ 14.6). Pass zero_terminal_snr=True for a ZTSNR model.')
     return bool(ztsnr)
 
 

@@ -1,3 +1,0 @@
-from .command import train_main
-
-raise SystemExit(train_main())
