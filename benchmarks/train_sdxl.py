@@ -1,4 +1,4 @@
-"""SDXL fine-tuning benchmarks (issue #12): ``python -m benchmarks.train_sdxl [--part a|c|all]``.
+"""SDXL fine-tuning benchmarks: ``python -m benchmarks.train_sdxl [--part a|c|all] [--smoke]``.
 
 (a) overhead: median seconds per optimizer step of ``kdiff_ztsnr.training.Trainer`` (model.type 'sdxl', latents
     from its VAE cache, prompts from its text cache) against a bare hand-written loop on the same tiny SDXL
@@ -9,6 +9,8 @@
     without markers) fine-tuned with ``source_prediction: "epsilon"`` on the synthetic captioned set until
     sampling "completely black" from σ = ∞ (exact sampler, EMA weights) gives mean brightness < 0.15 and
     "completely white" > 0.85; the final check runs ``kdiff-ztsnr sample`` on the saved diffusers folder.
+
+``--smoke`` runs both parts at toy sizes (a few steps, a smaller synthetic set) to check they run end to end.
 """
 
 import argparse
@@ -48,10 +50,10 @@ def reset_accelerate() -> None:
     GradientState._reset_state()
 
 
-def trainer_config(out: Path, path: Path, steps: int, batch: int, **over) -> dict:
+def trainer_config(out: Path, path: Path, steps: int, batch: int, n: int = 64, **over) -> dict:
     return {'model': {'type': 'sdxl', 'path': str(path), 'components': TINY},
             'dataset': {'type': 'synthetic', 'location': str(out / 'data'), 'buckets': BUCKETS,
-                        'synthetic': {'n': 64, 'sizes': [[64, 64]], 'seed': 0, 'solid_fraction': 0.5}},
+                        'synthetic': {'n': n, 'sizes': [[64, 64]], 'seed': 0, 'solid_fraction': 0.5}},
             'optimizer': {'lr': 1e-3, 'weight_decay': 0.}, 'ema_sched': {'max_value': 0.999},
             'training': {'steps': steps, 'batch_size': batch, 'out_dir': str(out), 'cpu': True, 'threads': 1,
                          'log_every': 100, 'checkpoint_every': 10 ** 9, **over}}
@@ -88,13 +90,13 @@ class BareLoop:
             torch._foreach_lerp_(self.ema, [p.detach() for p in self.unet.parameters()], 1 - 0.999)
 
 
-def part_a(work: Path, repeats: int, batch: int) -> dict:
+def part_a(work: Path, repeats: int, batch: int, n: int = 64) -> dict:
     from kdiff_ztsnr import training
     pipe = tiny_pipeline()
     sdxl.save_single_file(pipe, work / 'a.safetensors')
     reset_accelerate()
-    cfg = trainer_config(work / 'a', work / 'a.safetensors', 10 ** 6, batch, tag_weights=None)
-    cfg['dataset'].update(cache_latents=True, cond_dropout_rate=0.)
+    cfg = trainer_config(work / 'a', work / 'a.safetensors', 10 ** 6, batch, n)
+    cfg['dataset'].update(cache_latents=True, cond_dropout_rate=0., tag_weights=None)
     tr = training.Trainer(cfg)
     from kdiff_ztsnr.training.data.source import dataset_captions
     for tags in dataset_captions(tr.dataset):          # steady state: every prompt already in the text cache
@@ -150,9 +152,9 @@ def brightness(pipe, prompts, n: int, steps: int, scale: float) -> dict:
     return out
 
 
-def part_c(work: Path, max_steps: int, every: int, vae_steps: int) -> dict:
+def part_c(work: Path, max_steps: int, every: int, vae_steps: int, n: int = 64, sample_steps: int = 20) -> dict:
     from kdiff_ztsnr import cli, training
-    root = make_synthetic_dataset(work / 'c' / 'data', 64, [[64, 64]], 0, 0.5)
+    root = make_synthetic_dataset(work / 'c' / 'data', n, [[64, 64]], 0, 0.5)
     t0 = time.time()
     vae, mse = fit_vae(root, vae_steps)
     t_vae = time.time() - t0
@@ -174,7 +176,7 @@ def part_c(work: Path, max_steps: int, every: int, vae_steps: int) -> dict:
         for _ in range(every):
             tr.train_step()
         train_s += time.time() - ts
-        b = brightness(tr.sdxl.pipeline(tr.inner_ema), prompts, 4, 20, 5.)
+        b = brightness(tr.sdxl.pipeline(tr.inner_ema), prompts, 4, sample_steps, 5.)
         history.append({'step': tr.step, 'train_s': round(train_s, 1), **b})
         print(history[-1], flush=True)
         if b[prompts[0]] < 0.15 and b[prompts[1]] > 0.85:
@@ -183,7 +185,8 @@ def part_c(work: Path, max_steps: int, every: int, vae_steps: int) -> dict:
     cli_b = {}
     for prompt in prompts:
         out = work / 'c' / 'samples' / prompt.replace(' ', '_')
-        cli.main(['sample', prompt, '--model', str(ckpt / 'diffusers'), '--steps', '20', '-n', '4', '--width', '64',
+        cli.main(['sample', prompt, '--model', str(ckpt / 'diffusers'), '--steps', str(sample_steps), '-n', '4',
+                  '--width', '64',
                   '--out', str(out), '--quiet'])
         from PIL import Image
         cli_b[prompt] = float(np.mean([np.asarray(Image.open(p), dtype=np.float64).mean() / 255
@@ -227,15 +230,17 @@ def main(argv=None) -> dict:
     ap.add_argument('--vae-steps', type=int, default=400)
     ap.add_argument('--work', default='/tmp/kdiff_ztsnr_train_sdxl')
     ap.add_argument('--out', default=None)
+    ap.add_argument('--smoke', action='store_true', help='toy sizes: check that both parts run end to end')
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     res = {}
     if args.part in ('a', 'all'):
-        res['a'] = part_a(work, args.repeats, args.batch)
+        res['a'] = part_a(work, 2, 2, 8) if args.smoke else part_a(work, args.repeats, args.batch)
     if args.part in ('c', 'all'):
-        res['c'] = part_c(work, args.max_steps, args.every, args.vae_steps)
+        res['c'] = part_c(work, 2, 1, 2, 8, 2) if args.smoke else \
+            part_c(work, args.max_steps, args.every, args.vae_steps)
     text = table(res)
     print(text)
     common.write_outputs(common.out_dir(args.out), f'train_sdxl_{args.part}', text, res, script='train_sdxl')

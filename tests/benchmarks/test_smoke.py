@@ -177,3 +177,28 @@ def test_time_to_error_smoke(tmp_path, capsys):
     assert '--steps 0' in rows and all(not r['after']['torch'] for r in rows.values())
     assert rows['--steps 0']['after']['message'].startswith('error: steps (--steps)')
     assert '|---|' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('part', ['a', 'c'])
+def test_train_sdxl_smoke(part, tmp_path, capsys):
+    """``python -m benchmarks.train_sdxl --part a|c --smoke``: the trainer-overhead table and the ε → v run."""
+    from accelerate.state import AcceleratorState, GradientState
+    res = load('train_sdxl').main(['--part', part, '--smoke', '--work', str(tmp_path / 'work'),
+                                    '--out', str(tmp_path)])
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    assert (tmp_path / f'train_sdxl_{part}.md').is_file()
+    if part == 'a':
+        assert set(res['a']['seconds']) == {'trainer', 'bare', 'bare+ema'} and res['a']['ratio_vs_bare'] > 0
+    else:
+        assert res['c']['steps'] == 2 and set(res['c']['cli_brightness']) == {'completely black', 'completely white'}
+
+
+def test_every_benchmark_entry_point_has_a_smoke_run():
+    """Each ``python -m benchmarks.NAME`` is smoke-run by a test of this folder (its name beside '--smoke')."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2] / 'benchmarks'
+    entry = {p.stem for p in root.glob('*.py') if "if __name__ == '__main__'" in p.read_text()}
+    tests = '\n'.join(p.read_text() for p in Path(__file__).parent.glob('test_*.py'))
+    smoked = {name for name in entry if f"'{name}'" in tests or f'benchmarks.{name}' in tests}
+    assert len(entry) >= 8 and '--smoke' in tests and smoked == entry
