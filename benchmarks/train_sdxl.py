@@ -102,7 +102,7 @@ def part_a(work: Path, repeats: int, batch: int, n: int = 64) -> dict:
     for tags in dataset_captions(tr.dataset):          # steady state: every prompt already in the text cache
         tr.encode([', '.join(tags)], 'cpu')
     b = tr.data.next()
-    x0, extra = tr.sdxl.prepare(b, 'cpu')
+    x0, extra = tr.family.prepare(b, 'cpu')
     cond = tr.encode(b['prompts'], 'cpu')
     n_params = sum(p.numel() for p in tr.unwrapped.parameters())
     loops = {k: BareLoop(copy.deepcopy(tr.unwrapped.unet), x0, cond['context'], cond['pooled'],
@@ -176,7 +176,7 @@ def part_c(work: Path, max_steps: int, every: int, vae_steps: int, n: int = 64, 
         for _ in range(every):
             tr.train_step()
         train_s += time.time() - ts
-        b = brightness(tr.sdxl.pipeline(tr.inner_ema), prompts, 4, sample_steps, 5.)
+        b = brightness(tr.family.pipeline(tr.inner_ema), prompts, 4, sample_steps, 5.)
         history.append({'step': tr.step, 'train_s': round(train_s, 1), **b})
         print(history[-1], flush=True)
         if b[prompts[0]] < 0.15 and b[prompts[1]] > 0.85:

@@ -107,7 +107,8 @@ def prepare_out(out: str) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix='.kdiff-ztsnr-probe-'):
             pass
     except OSError as e:
-        raise ParamOSError(f'{{out={quote(out)}}} is not a writable folder: {quote(write_failure(folder, e))}') from e
+        raise ParamOSError(f'{{out={quote(out)}}} is not a writable folder: '
+                           f'{quote(write_failure(folder, e))}') from e
 
 
 def write_failure(folder: str, e: OSError) -> str:

@@ -64,7 +64,8 @@ def load_pipeline(spec: Union[str, os.PathLike] = 'embedded',
         vae_dtype = resolve_dtype(vae_dtype, device, 'vae_dtype')
     if prediction_type is not None and prediction_type not in ('v', 'v_prediction'):
         raise ParamError(f'{{prediction_type={quote(repr(prediction_type))}}}: kdiff-ztsnr samples v-prediction '
-                         f'models only; the only override is v (for v-prediction files saved without the v_pred marker)')
+                         f'models only; the only override is v (for v-prediction files saved without the v_pred '
+                         f'marker)')
     sdxl_kw = sdxl_configs(config_dir)
     path = EMBEDDED if str(spec) == 'embedded' else Path(spec)
     if not path.exists():

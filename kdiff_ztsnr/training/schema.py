@@ -1,8 +1,9 @@
 """The training config's schema: every section and key, its type, range or choices, checked before any work.
 
 A row is a `Key` (the package's one `rules.Rule`, as the generation parameters' rows are); a nested section is
-a `Key` whose ``section`` is another dict of rows. Unknown keys are refused with a "did you mean" (difflib). New options add rows to SCHEMA. `validate_config` checks a user's
-(partial) config; `check_merged` adds what needs the merged config (required keys, cross-key rules).
+a `Key` whose ``section`` is another dict of rows. Unknown keys are refused with a "did you mean" (difflib). New
+options add rows to SCHEMA. `validate_config` checks a user's (partial) config; `check_merged` adds what needs
+the merged config (required keys, cross-key rules).
 """
 
 import difflib

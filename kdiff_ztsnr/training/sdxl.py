@@ -101,7 +101,18 @@ class SDXLTraining:
         return sdxl_pipeline(inner.unet, self.vae, text or self.text, alphas_cumprod_for(self.ztsnr), self.mean,
                              self.std, {'name': 'preview', 'prediction_type': 'v', 'zero_terminal_snr': self.ztsnr})
 
-    def export(self, ckpt: Path, ema: SDXLUNetInner, step: int, text: Optional[TextConditioner] = None) -> None:
+    train_text: bool
+    previews = True                          # preview grids through the package's Pipeline
+
+    def build_inner(self, config: dict, trust_code: bool = False) -> SDXLUNetInner:
+        return self.inner
+
+    def prepare_dataset(self, dataset_config: dict, dataset, out_dir: Path, seed: int, device='cpu'):
+        """The dataset as the UNet trains on it: through the latent cache if asked (`sdxl_dataset`)."""
+        return sdxl_dataset(self, dataset_config, dataset, out_dir, seed, device)
+
+    def export(self, ckpt: Path, ema: SDXLUNetInner, step: int, text: Optional[TextConditioner] = None,
+               meta: Optional[dict] = None) -> None:
         """The loadable outputs of one checkpoint (module docstring), from the EMA weights (UNet; ``text``: the
         EMA encoders when they are trained)."""
         unet = ema.unet

@@ -37,9 +37,9 @@ from .. import progress
 from ..errors import quote
 from ..files import load_weights, save_weights
 from ..losses import sample_timesteps, v_loss
-from ..models.registry import CUSTOM_CODE_HINT, build_denoiser, build_model
+from ..models.registry import CUSTOM_CODE_HINT, build_denoiser
 from ..models.trained import read_metadata, resolve_checkpoint
-from ..text import CachedText, build_text
+from ..text import CachedText
 from . import runs
 from .checkpoint import atomic_torch_save, rng_state, safe_torch_load, set_rng_state
 from .config import load_training_config, resolve_text_dims
@@ -47,7 +47,17 @@ from .data import tags as ktags
 from .data.buckets import BucketSampler
 from .data.source import BatchSource, build_dataset, dataset_captions, describe_dataset, mix_seed
 from .optim import EMAUpdate, build_ema_sched, build_lr_sched, build_optimizer
+from .pixel import PixelTraining
 from .preview import SigmaBucketLoss
+
+
+def model_family(config: dict):
+    """What the trainer asks of a model family (`pixel.PixelTraining`'s interface): the SDXL family for
+    model.type 'sdxl' (its VAE and CLIP encoders frozen, sdxl.py), else the pixel-space one."""
+    if config['model']['type'] == 'sdxl':
+        from .sdxl import SDXLTraining
+        return SDXLTraining(config)
+    return PixelTraining(config)
 
 class Trainer:
     """One training run: ``Trainer(config).run()``, or ``train_step()`` one optimizer step at a time."""
@@ -73,13 +83,11 @@ class Trainer:
         random.seed(self.seed)
         np.random.seed(self.seed % 2 ** 32)
         torch.manual_seed(self.seed)                  # model init: identical on every rank
-        self.sdxl, self.text_ema = None, None
-        if config['model']['type'] == 'sdxl':          # SDXL UNet; its VAE and CLIP encoders frozen (sdxl.py)
-            from .sdxl import SDXLTraining
-            self.sdxl = SDXLTraining(config).to(self.accelerator.device)
-        self.text = build_text(config['text']) if self.sdxl is None else self.sdxl.text
+        self.text_ema = None
+        self.family = model_family(config).to(self.accelerator.device)
+        self.text = self.family.text
         self.config = resolve_text_dims(config, self.text)
-        self.train_text = self.sdxl is not None and self.sdxl.train_text   # encoders trained: LiveText (below)
+        self.train_text = self.family.train_text          # encoders trained: LiveText (below)
         self.encode = None if self.text is None or self.train_text else CachedText(
             self.text.to(self.accelerator.device), config['text']['cache'])
         self.sigma_loss = SigmaBucketLoss()
@@ -91,11 +99,9 @@ class Trainer:
         with self.accelerator.main_process_first():   # the synthetic set is written once
             self.dataset = build_dataset(dc, self.out_dir)
         self.accelerator.print(describe_dataset(self.dataset, dc.get('location') or self.out_dir / 'synthetic'))
-        if self.sdxl is not None:
-            from .sdxl import sdxl_dataset
-            with self.accelerator.main_process_first():   # the latent cache is written once
-                self.dataset = sdxl_dataset(self.sdxl, dc, self.dataset, self.out_dir, self.seed,
-                                            self.accelerator.device)
+        with self.accelerator.main_process_first():   # a latent cache is written once
+            self.dataset = self.family.prepare_dataset(dc, self.dataset, self.out_dir, self.seed,
+                                                       self.accelerator.device)
         sampler = BucketSampler(self.dataset.bucket_idx, self.dataset.buckets, self.config['training']['batch_size'],
                                 self.rank, self.world_size, self.seed)
         self.data = BatchSource(self.dataset, sampler, self.seed, dc['loader_threads'])
@@ -111,9 +117,9 @@ class Trainer:
             self.tag_weights = torch.as_tensor(w, dtype=torch.float32)
 
     def _setup_model(self) -> None:
-        inner = build_model(self.config, self.trust_code) if self.sdxl is None else self.sdxl.inner
+        inner = self.family.build_inner(self.config, self.trust_code)
         self.inner_ema = copy.deepcopy(inner).eval().requires_grad_(False)
-        groups = self.sdxl.text_groups(self.config['optimizer']) if self.train_text else []
+        groups = self.family.text_groups(self.config['optimizer'])
         opt = build_optimizer(self.config['optimizer'], inner, groups)
         self.lr_sched = build_lr_sched(self.config['lr_sched'], opt)
         self.ema_sched = build_ema_sched(self.config['ema_sched'])
@@ -139,7 +145,7 @@ class Trainer:
         """Σ weighted per-sample losses / batch_size of one micro-batch (t, noise, dropout seeded per step)."""
         tc, dc = self.config['training'], self.config['dataset']
         g = torch.Generator().manual_seed(mix_seed(self.seed, self.rank, self.step, micro))
-        x0, extra = (batch['x0'], {}) if self.sdxl is None else self.sdxl.prepare(batch, self.accelerator.device)
+        x0, extra = self.family.prepare(batch, self.accelerator.device)
         t = sample_timesteps(len(x0), len(self.model.sigmas), generator=g)
         noise = torch.randn(x0.shape, generator=g)
         drop = torch.rand(len(x0), generator=g) < dc['cond_dropout_rate']
@@ -203,10 +209,7 @@ class Trainer:
             if self.text_ema is not None:                  # trained SDXL encoders: live and EMA
                 save_weights(self.text, tmp / 'text.safetensors', meta)
                 save_weights(self.text_ema, tmp / 'text_ema.safetensors', meta)
-            if self.sdxl is not None:                      # SGM single file / LoRA for UIs (sdxl.py)
-                self.sdxl.export(tmp, self.inner_ema, self.step, self.text_ema)
-            elif self.config['text']['type'] == 'clip':    # random encoders: keep them with the model
-                save_weights(self.text, tmp / 'text.safetensors', meta)
+            self.family.export(tmp, self.inner_ema, self.step, self.text_ema, meta)   # the family's own files
             atomic_torch_save({'step': self.step, 'opt': self.opt.state_dict(), 'lr_sched': self.lr_sched.state_dict(),
                                 'ema_sched': self.ema_sched.state_dict(), 'world_size': self.world_size},
                                tmp / 'state.pt')
@@ -223,12 +226,12 @@ class Trainer:
 
     def preview(self) -> Optional[Path]:
         """Rank 0: out_dir/previews/step-NNNNNNNN.png sampled from σ = ∞ with the EMA weights (preview.py)."""
-        if self.sdxl is None or not self.accelerator.is_main_process:
+        if not self.family.previews or not self.accelerator.is_main_process:
             return None
         from .preview import preview_grid
         used = self.dataset.bucket_idx[self.dataset.bucket_idx >= 0]
         wh = np.asarray(self.dataset.buckets)[np.bincount(used).argmax()]     # the most common bucket
-        return preview_grid(self.sdxl.pipeline(self.inner_ema, self.text_ema), self.config['training'].get('preview'),
+        return preview_grid(self.family.pipeline(self.inner_ema, self.text_ema), self.config['training'].get('preview'),
                             (int(wh[0]), int(wh[1])), self.out_dir / 'previews' / f'step-{self.step:08d}.png',
                             self.step)
 

@@ -239,10 +239,10 @@ def test_latent_cache_through_the_vae_matches_on_the_fly(base, tmp_path):
     cached = training.Trainer(cfg)
     assert (tmp_path / 'latents' / 'stats.safetensors').is_file()
     a, b = live.data.next(), cached.data.next()
-    za, ida = live.sdxl.prepare(a, 'cpu')
+    za, ida = live.family.prepare(a, 'cpu')
     by_id = {int(cached.dataset.entries[i]['id']): i for i in range(len(cached.dataset))}
     order = [by_id[i] for i in a['index'].tolist()]
-    zb, idb = cached.sdxl.prepare({**b, 'x0': torch.stack([cached.dataset[i]['latent'] for i in order]),
+    zb, idb = cached.family.prepare({**b, 'x0': torch.stack([cached.dataset[i]['latent'] for i in order]),
                                    'original_size': a['original_size'], 'crop': a['crop']}, 'cpu')
     torch.testing.assert_close(za, zb, atol=1e-5, rtol=1e-5)
     assert torch.equal(ida['add_time_ids'], idb['add_time_ids'])
