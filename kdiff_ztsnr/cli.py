@@ -26,7 +26,7 @@ import sys
 from typing import Optional
 
 from .cli_parser import Parser
-from .errors import ParamError
+from .errors import ParamError, quote
 from .generation.params import (FIELDS, REGIMES, SAMPLER_NAMES, SCHEDULES, GenerationParams, check_fields,
                                 check_params)
 from .untrusted import printable

@@ -81,7 +81,7 @@ def mount_type(path: str) -> str:
 def prepare_out(out: str) -> None:
     """Prove the output folder writable (or creatable) before any work is done; nothing is created yet."""
     if not out or not out.strip():
-        raise ParamError(f'{{out={quote(repr(out))}}} is empty; give a folder for the images')
+        raise ParamError(f'{{out}} {quote(repr(out))} is empty; give a folder for the images')
     if os.path.exists(out) and not os.path.isdir(out):
         raise ParamError(f'{{out={quote(out)}}} is a file; give a folder for the images')
     folder = os.path.abspath(out)

@@ -291,7 +291,7 @@ def test_malformed_model_file_is_one_error_naming_it(name, tmp_path, capsys):
 def test_trainer_weights_and_lora_as_sdxl_model_say_what_they_are(tmp_path, capsys):
     ckpt = exploit_checkpoint(tmp_path / 'ckpt', 'os:system', {}, tmp_path / 'M')
     expect_error(['sample', 'x', '--model', ckpt / 'ema.safetensors', '--out', tmp_path / 'o'],
-                 ['trainer weights file', f'{ckpt} as --model'], capsys)
+                 ['trainer weights file', f'as --model {ckpt}'], capsys)
     save_file({'lora_unet_down_blocks_0.lora_up.weight': torch.zeros(2, 2)}, str(tmp_path / 'l.safetensors'))
     expect_error(['sample', 'x', '--model', tmp_path / 'l.safetensors', '--out', tmp_path / 'o'],
                  ['looks like a LoRA', '--lora'], capsys)

@@ -37,7 +37,7 @@ def test_failures_name_the_file(tmp_path):
         load_weights(nn.Linear(3, 5), tmp_path / 'w.safetensors')
     data = (tmp_path / 'w.safetensors').read_bytes()
     (tmp_path / 'short.safetensors').write_bytes(data[:len(data) // 2])
-    with pytest.raises(ValueError, match='short.safetensors: not a readable .safetensors file'):
+    with pytest.raises(ValueError, match='short.safetensors: not a valid .safetensors file'):
         load_safetensors(tmp_path / 'short.safetensors')
     with pytest.raises(FileNotFoundError, match='none.safetensors: no such file'):
         load_safetensors(tmp_path / 'none.safetensors')

@@ -26,13 +26,17 @@ def test_alphas_table():
 
 def test_registry_builds_and_refuses():
     config = {'model': {'type': 'module', 'target': 'torch.nn:Identity', 'sigma_max': 20000.}}
-    assert isinstance(build_model(config), nn.Identity)
-    d = build_denoiser(config)
+    with pytest.raises(ValueError, match=r"refused model.target 'torch.nn:Identity'.*trust_code=True"):
+        build_model(config)                                                      # code runs only when trusted
+    assert isinstance(build_model(config, trust_code=True), nn.Identity)
+    d = build_denoiser(config, trust_code=True)
     assert float(d.sigmas[-1]) == 20000. and d.sigma_data == 1.                 # the A.2 clamp
-    assert math.isinf(build_denoiser({'model': {'type': 'module', 'target': 'torch.nn:Identity'}}).sigmas[-1])
-    with pytest.raises(ValueError, match=r"unknown model type 'gan'; expected one of \['image_v1', 'module', 'sdxl'\]"):
+    assert math.isinf(build_denoiser({'model': {'type': 'module', 'target': 'torch.nn:Identity'}},
+                                     trust_code=True).sigmas[-1])
+    with pytest.raises(ValueError, match=r"unknown model type 'gan'; expected one of \['image_v1', 'sdxl'\] "
+                                         r"\(or 'module' with trust_code=True\)"):
         build_model({'model': {'type': 'gan'}})
-    assert set(MODEL_TYPES) == {'image_v1', 'module', 'sdxl'}
+    assert set(MODEL_TYPES) == {'image_v1', 'sdxl'}                # a closed registry ('module' is not in it)
 
 
 def test_pipeline_denoiser_exact_or_clamped():

@@ -50,7 +50,7 @@ def check_spec(spec: str) -> tuple[str, float]:
         head, sep, tail = spec.rpartition(':')
         hint = (f" ('{tail}' after the last ':' is not a number, so it was read as part of the name)"
                 if sep and head and os.path.exists(head) else '')
-        raise ParamFileError(f'{{loras={quote(spec)}}}: LoRA file not found: {quote(path)}{hint}')
+        raise ParamFileError(f'LoRA file not found: {quote(path)}{quote(hint)}; {{loras}} takes existing files')
     check_lora_file(path)
     return path, weight
 
