@@ -202,3 +202,16 @@ def test_every_benchmark_entry_point_has_a_smoke_run():
     tests = '\n'.join(p.read_text() for p in Path(__file__).parent.glob('test_*.py'))
     smoked = {name for name in entry if f"'{name}'" in tests or f'benchmarks.{name}' in tests}
     assert len(entry) >= 8 and '--smoke' in tests and smoked == entry
+
+
+def test_quantize_timesteps_smoke(tmp_path, capsys):
+    """benchmarks/quantize_timesteps.py --smoke on the embedded model: both settings measured per sampler/task."""
+    quantize_timesteps = load('quantize_timesteps')
+    payload = quantize_timesteps.main(['--smoke', '--out', str(tmp_path)])
+    rows = payload['rows']
+    assert {r['quantize'] for r in rows} == {False, True} and len({r['sampler'] for r in rows}) == 2
+    assert all(0 <= r['rel_diff_mean'] <= r['rel_diff_max'] for r in rows)
+    assert '|---|' in (tmp_path / 'quantize_timesteps.md').read_text() and '|---|' in capsys.readouterr().out
+    saved = str(tmp_path / 'quantize_timesteps.json')
+    merged = quantize_timesteps.main(['--merge', saved, saved, '--out', str(tmp_path / 'merged')])
+    assert merged['rows'] == rows + rows and 'Merged from 2 runs' in merged['head']

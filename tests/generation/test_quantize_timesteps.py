@@ -90,15 +90,3 @@ def test_diffusers_scheduler_option():
     plain.set_timesteps(10)
     assert not torch.equal(plain.timesteps, plain.timesteps.round())
 
-
-def test_benchmark_smoke(tmp_path, capsys):
-    """benchmarks/quantize_timesteps.py --smoke on the embedded model: both settings measured per sampler/task."""
-    from benchmarks import quantize_timesteps
-    payload = quantize_timesteps.main(['--smoke', '--out', str(tmp_path)])
-    rows = payload['rows']
-    assert {r['quantize'] for r in rows} == {False, True} and len({r['sampler'] for r in rows}) == 2
-    assert all(0 <= r['rel_diff_mean'] <= r['rel_diff_max'] for r in rows)
-    assert '|---|' in (tmp_path / 'quantize_timesteps.md').read_text() and '|---|' in capsys.readouterr().out
-    saved = str(tmp_path / 'quantize_timesteps.json')
-    merged = quantize_timesteps.main(['--merge', saved, saved, '--out', str(tmp_path / 'merged')])
-    assert merged['rows'] == rows + rows and 'Merged from 2 runs' in merged['head']
