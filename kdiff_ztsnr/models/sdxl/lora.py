@@ -23,7 +23,7 @@ from ..bundle import Pipeline
 from .lora_files import MAX_LORAS, check_against_model, check_lora_file, parse_lora  # noqa: F401 (parse_lora: API)
 
 LoraSpec = tuple[Union[str, os.PathLike], float]
-PREFIXES = ('text_encoder', 'text_encoder_2')
+TEXT_ENCODER_PREFIXES = ('text_encoder', 'text_encoder_2')
 
 
 def lora_list(loras: Sequence[LoraSpec]) -> list[list]:
@@ -74,7 +74,7 @@ def apply_loras(pipe: Pipeline, loras: Sequence[LoraSpec]) -> list[str]:
         name = f'lora_{i}'
         if any(k.startswith('unet.') for k in sd):
             SDXL.load_lora_into_unet(sd, alphas, unet, adapter_name=name, metadata=meta)
-        for j, (enc, prefix) in enumerate(zip(encoders, PREFIXES)):
+        for j, (enc, prefix) in enumerate(zip(encoders, TEXT_ENCODER_PREFIXES)):
             if _load_into_text_encoder(sd, alphas, meta, enc, prefix, name):
                 in_text[j].append((name, float(weight)))
         names.append(name)
