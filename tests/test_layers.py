@@ -21,7 +21,7 @@ LAYERS = [
     ('generation', {'generation'}),
     ('training', {'training'}),
     ('integrations', {'integrations'}),
-    ('cli', {'cli', 'cli_parser', '__main__', ''}),     # '' = the package's own __init__ (it names every sub-package)
+    ('cli', {'cli', '__main__', ''}),               # '' = the package's own __init__ (it names every sub-package)
 ]
 RANK = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
 

@@ -40,7 +40,7 @@ def write_png(image, params: dict, path: str, alpha: bool) -> None:
 def sample_prompt_file(args, given: dict, load: Callable) -> int:
     """Sample this process's share of args.jobs into args.out, skipping images already there; prints the paths.
 
-    given: the command line's parameters (cli.given_params); load(device) -> Pipeline."""
+    given: the command line's parameters (cli.checks.given_params); load(device) -> Pipeline."""
     rank, world = rank_and_world()
     device = None
     if world > 1:

@@ -1,6 +1,6 @@
 """Training v-prediction ZTSNR models on k-diffusion's pieces (report §2.2, §4): `config` (defaults and
 loading), `data` (image folders, buckets, tags, synthetic set, latent cache, the batch source), `optim`
-(optimizer, LR and EMA schedules), `checkpoint` (training state), `trainer`, `command` (the train command).
+(optimizer, LR and EMA schedules), `checkpoint` (training state), `trainer`.
 
 Names are imported lazily, so that the command line can build its parser without importing torch.
 """

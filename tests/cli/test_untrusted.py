@@ -20,6 +20,7 @@ from PIL import Image, PngImagePlugin
 from safetensors.torch import save_file
 
 from kdiff_ztsnr import cli
+from kdiff_ztsnr.cli.run import show_warning
 generate_module = importlib.import_module('kdiff_ztsnr.generation.generate')   # the module, not the function
 from kdiff_ztsnr.files import save_weights
 from kdiff_ztsnr.models import trained
@@ -182,7 +183,7 @@ def test_untrusted_text_is_escaped_in_errors_warnings_and_inspect(tmp_path, caps
     bad = tmp_path / (BAD_TEXT.replace('\x00', '').replace('/', '') + '.safetensors')
     bad.write_bytes(b'not a model')
     assert_clean(expect_error(['inspect', '--model', bad], 'not a .safetensors file', capsys))
-    cli.show_warning(UserWarning(BAD_TEXT), UserWarning, 'f.py', 1)
+    show_warning(UserWarning(BAD_TEXT), UserWarning, 'f.py', 1)
     assert_clean(capsys.readouterr().err)
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from kdiff_ztsnr import cli
-from kdiff_ztsnr.cli import said
+from kdiff_ztsnr.cli.words import said
 from kdiff_ztsnr.generation.prompt_file import output_name, parse_line, read_prompt_file
 from tests.helpers import train_tiny_checkpoint
 

@@ -8,6 +8,7 @@ import torch
 from k_diffusion.external import DiscreteSchedule
 
 from kdiff_ztsnr import cli, schedules
+from kdiff_ztsnr.cli.checks import params_from_args
 from kdiff_ztsnr.denoisers import DiscreteVDenoiser
 from kdiff_ztsnr.generation.generate import generate
 from kdiff_ztsnr.generation.params import GenerationParams
@@ -71,9 +72,9 @@ def test_generate_feeds_integer_timesteps_when_asked(ztsnr_ac):
 def test_cli_option():
     p = cli.build_parser()
     args = p.parse_args(['sample', 'a cat', '--quantize-timesteps'])
-    assert cli.params_from_args(args, 32).quantize_timesteps is True
+    assert params_from_args(args, 32).quantize_timesteps is True
     args = p.parse_args(['sample', 'a cat', '--no-quantize-timesteps'])
-    assert cli.params_from_args(args, 32).quantize_timesteps is False
+    assert params_from_args(args, 32).quantize_timesteps is False
     assert GenerationParams.from_dict({'quantize_timesteps': True}).quantize_timesteps is True
 
 

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from kdiff_ztsnr import cli
+from kdiff_ztsnr.cli.checks import given_params
 from kdiff_ztsnr.generation.params import GenerationParams
 from kdiff_ztsnr.generation.metadata import a1111_text, parse_a1111, read_metadata
 
@@ -258,7 +259,7 @@ def test_inspect_and_from_image_with_lora_dir(tmp_path, capsys):
     (['--sampler', 'euler', '--schedule', 'trailing'], {'sampler': 'euler', 'noise_schedule': 'trailing'})])
 def test_cli_accepts_a1111_names(argv, want):
     args = cli.build_parser().parse_args(['sample', 'x', *argv])
-    assert cli.given_params(args) == {'prompt': 'x', **want}
+    assert given_params(args) == {'prompt': 'x', **want}
 
 
 @pytest.mark.parametrize('argv,message', [

@@ -12,7 +12,7 @@ pytest.importorskip('peft')
 
 from safetensors.torch import load_file, save_file
 
-from kdiff_ztsnr import cli
+from kdiff_ztsnr.cli.sample import explain_nan
 from kdiff_ztsnr.generation import params as gen_params
 from kdiff_ztsnr.generation.generate import generate
 from kdiff_ztsnr.generation.params import GenerationParams
@@ -125,9 +125,9 @@ def test_nan_output_names_the_weights(files):
         p.view(-1)[0] = math.nan
     with pytest.raises(FloatingPointError) as e:
         generate(pipe, GenerationParams(**P))
-    msg = cli.explain_nan(pipe, e.value)
+    msg = explain_nan(pipe, e.value)
     assert 'the LoRA weights hold NaN or inf' in msg and name in msg, msg
     with torch.no_grad():
         p.view(-1)[0] = 0.
     assert torch.isfinite(generate(pipe, GenerationParams(**P))).all()
-    assert 'every weight is finite' in cli.explain_nan(pipe, FloatingPointError('x'))
+    assert 'every weight is finite' in explain_nan(pipe, FloatingPointError('x'))
