@@ -4,8 +4,17 @@ import pytest
 import torch
 
 from kdiff_ztsnr.models.sdxl.components import build_component
-from kdiff_ztsnr.models.sdxl.vae import (NAI_ANIME_SDXL_MEAN, NAI_ANIME_SDXL_STD, check_size, denormalize,
-                                         latent_stats_for, normalize, vae_decode, vae_encode, vae_factor)
+from kdiff_ztsnr.models.sdxl.vae import (
+    NAI_ANIME_SDXL_MEAN,
+    NAI_ANIME_SDXL_STD,
+    check_size,
+    denormalize,
+    latent_stats_for,
+    normalize,
+    vae_decode,
+    vae_encode,
+    vae_factor,
+)
 from tests.helpers import TINY
 
 
