@@ -8,8 +8,14 @@ import torch
 from safetensors import safe_open
 
 from kdiff_ztsnr.models.sdxl.lora import apply_loras
-from kdiff_ztsnr.training.adapters import (DEFAULT_TARGETS, LORA_DEFAULTS, add_lora, kohya_state_dict, lora_options,
-                                           save_kohya_lora)
+from kdiff_ztsnr.training.adapters import (
+    DEFAULT_TARGETS,
+    LORA_DEFAULTS,
+    add_lora,
+    kohya_state_dict,
+    lora_options,
+    save_kohya_lora,
+)
 from tests.helpers import tiny_pipeline
 
 
