@@ -26,8 +26,7 @@ def pipe():
 
 def adapted(pipe, rank=2, alpha=4.):
     torch.manual_seed(1)
-    unet = add_lora(copy.deepcopy(pipe.components['unet']), rank, alpha)
-    return unet
+    return add_lora(copy.deepcopy(pipe.components['unet']), rank, alpha)
 
 
 def v(unet, pipe):

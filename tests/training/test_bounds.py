@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from kdiff_ztsnr.models.registry import build_model
 from kdiff_ztsnr.training import bounds
 from kdiff_ztsnr.training.bounds import bucket_plan, check_bounds, network_bytes
 
@@ -36,9 +37,11 @@ def test_network_bytes_on_the_meta_device():
 
 
 def test_a_small_config_passes():
+    small = config(text={'type': 'clip', 'encoders': [ENCODER], 'seed': 0, 'max_chunks': 3, 'layer': -2,
+                         'final_norm': False, 'cache': 16})
+    check_bounds(small)                                   # nothing refused
     check_bounds(config())
-    check_bounds(config(text={'type': 'clip', 'encoders': [ENCODER], 'seed': 0, 'max_chunks': 3, 'layer': -2,
-                              'final_norm': False, 'cache': 16}))
+    assert 0 < network_bytes(lambda: build_model(small)) < bounds.MAX_NETWORK_BYTES
 
 
 @pytest.mark.parametrize('sections, keys', [
