@@ -1,4 +1,4 @@
-"""Tests for kdiff_ztsnr.models, .synthetic and .training: the ImageV1 adaptor, the procedural dataset, the
+"""Tests for kdiff_ztsnr.models, .synthetic and .training: model building, the procedural dataset, the
 trainer (loss falls, exact resume, latents, unreadable images, bf16) and two-rank data parallelism."""
 
 import json
@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 
 from kdiff_ztsnr import cli, models, training
 from kdiff_ztsnr.losses import v_loss
-from kdiff_ztsnr.models import image_v1
 from kdiff_ztsnr.models.trained import load_trained, resolve_checkpoint
 from kdiff_ztsnr.text import CachedText, build_text
 from kdiff_ztsnr.training.data.images import ImageFolderDataset
@@ -44,29 +43,6 @@ def tiny_config(out_dir, **training_overrides) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- models
-
-def test_noise_cond_endpoints():
-    c = image_v1.noise_cond(torch.tensor([0., 499.5, 999.]))
-    assert c.tolist() == [-1., 0., 1.]
-
-
-def test_image_v1_inner_contract():
-    torch.manual_seed(0)
-    inner = models.build_model({'model': dict(MODEL, cross_cond_dim=8, mapping_cond_dim=6)})
-    for p in inner.parameters():                       # k-diffusion zero-initialises residual/output layers
-        if not p.any():
-            torch.nn.init.normal_(p, std=0.1)
-    seen = []
-    inner.net.timestep_embed.register_forward_hook(lambda m, i, o: seen.append(i[0].flatten()))
-    x, ctx, pooled = torch.randn(2, 3, 16, 16), torch.randn(2, 154, 8), torch.randn(2, 6)
-    t = torch.tensor([0., 999.])
-    v = inner(x, t, context=ctx, pooled=pooled)
-    assert v.shape == x.shape and torch.isfinite(v).all()
-    assert torch.allclose(seen[0], torch.tensor([-1., 1.]), atol=1e-6)   # c_noise = log(pseudo-σ)/4
-    assert not torch.allclose(inner(x, t, context=ctx, pooled=pooled * 0), v)   # pooled → mapping
-    assert not torch.allclose(inner(x, t, context=ctx * 0, pooled=pooled), v)   # context → cross-attention
-    assert inner.net.u_net.d_blocks[1][-1].__class__.__name__ == 'CrossAttention2d'
-
 
 def test_build_model_types():
     with pytest.raises(ValueError, match='unknown model type'):
