@@ -26,10 +26,10 @@ UNCOVERED = {
     'kdiff_ztsnr.models.sdxl.components', 'kdiff_ztsnr.models.sdxl.export', 'kdiff_ztsnr.models.sdxl.keys',
     'kdiff_ztsnr.models.sdxl.parts', 'kdiff_ztsnr.models.sdxl.pipeline', 'kdiff_ztsnr.models.sdxl.prediction',
     'kdiff_ztsnr.models.sdxl.saving', 'kdiff_ztsnr.models.sdxl.unet', 'kdiff_ztsnr.models.sdxl.vae',
-    'kdiff_ztsnr.models.trained', 'kdiff_ztsnr.progress', 'kdiff_ztsnr.text.build', 'kdiff_ztsnr.text.encode',
+    'kdiff_ztsnr.models.trained', 'kdiff_ztsnr.text.build', 'kdiff_ztsnr.text.encode',
     'kdiff_ztsnr.text.tokens', 'kdiff_ztsnr.training.adapters', 'kdiff_ztsnr.training.bounds',
     'kdiff_ztsnr.training.checkpoint', 'kdiff_ztsnr.training.command', 'kdiff_ztsnr.training.pixel',
-    'kdiff_ztsnr.training.sdxl', 'kdiff_ztsnr.untrusted',
+    'kdiff_ztsnr.training.sdxl',
 }
 
 
