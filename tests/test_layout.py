@@ -22,7 +22,6 @@ UNCOVERED = {
     'kdiff_ztsnr.generation',
     'kdiff_ztsnr.generation.batch',
     'kdiff_ztsnr.generation.demo_figure',
-    'kdiff_ztsnr.generation.image_io',
     'kdiff_ztsnr.integrations.comfyui',
     'kdiff_ztsnr.integrations.comfyui.nodes',
     'kdiff_ztsnr.models',
