@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kdiff_ztsnr import generation
-from kdiff_ztsnr.generation import GenerationParams, check_params, load_pipeline, make_sigmas, read_metadata, save_png
+from kdiff_ztsnr.generation import GenerationParams, check_params, load_pipeline, read_metadata, save_png
 from kdiff_ztsnr.generation.generate import generate  # see test_generate_is_the_function
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ def test_names_are_the_modules_objects():
             'save_png'} <= set(generation._EXPORTS)
     for name in set(generation._EXPORTS) - {'generate'}:
         assert getattr(generation, name) is source(name), name
-    assert make_sigmas is source('make_sigmas') and source('Pipeline').__module__ == 'kdiff_ztsnr.models.bundle'
+    assert source('Pipeline').__module__ == 'kdiff_ztsnr.models.bundle'
     with pytest.raises(AttributeError, match="module 'kdiff_ztsnr.generation' has no attribute 'GenerationParam'"):
         generation.GenerationParam                                                  # noqa: B018
 
