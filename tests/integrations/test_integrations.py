@@ -37,10 +37,11 @@ def test_schedules_run_from_the_top_to_zero(kind, steps):
         assert (sigmas[1:] < sigmas[:-1]).all(), (kind, sigmas)
 
 
-def test_recommended_follows_the_sampler_and_canvas():
+def test_recommended_for_each_step_sampler_depends_on_the_canvas_relative_to_the_base():
     model = table_denoiser(schedules.ztsnr_alphas_cumprod())
     for sampler in STEP_SAMPLERS:
-        got = schedule_sigmas(model, 'recommended', 8, sampler=sampler, side=2048, base_side=1024)
-        want = schedule_policy.sigmas_from_inf(model, 'recommended', 8, sampler=sampler, side=2048, base_side=1024)
-        assert torch.equal(got, want)
-        assert len(got) == 9 and math.isinf(got[0]) and got[-1] == 0
+        for side in (None, 1024, 2048):
+            got = schedule_sigmas(model, 'recommended', 8, sampler=sampler, side=side, base_side=1024)
+            assert len(got) == 9 and math.isinf(got[0]) and got[-1] == 0 and (got[1:] < got[:-1]).all()
+        assert torch.equal(schedule_sigmas(model, 'recommended', 8, sampler=sampler, side=1024, base_side=1024),
+                           schedule_sigmas(model, 'recommended', 8, sampler=sampler, side=512, base_side=512))
