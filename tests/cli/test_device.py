@@ -11,7 +11,6 @@ pytest.importorskip('diffusers')
 from safetensors.torch import load_file  # noqa: E402
 
 from kdiff_ztsnr import cli  # noqa: E402
-from kdiff_ztsnr.generation.device import resolve_device, resolve_dtype  # noqa: E402
 from kdiff_ztsnr.generation.generate import generate  # noqa: E402
 from kdiff_ztsnr.generation.lookup import load_pipeline  # noqa: E402
 from kdiff_ztsnr.generation.params import GenerationParams  # noqa: E402
@@ -22,18 +21,6 @@ from tests.helpers import write_tiny_sdxl  # noqa: E402
 def tiny(tmp_path_factory):
     """A tiny SDXL single file (non-stock architecture), the markerless copy and the diffusers folder."""
     return write_tiny_sdxl(tmp_path_factory.mktemp('tiny'))
-
-
-def test_resolve_device_and_dtype():
-    assert resolve_device('auto').type == ('cuda' if torch.cuda.is_available() else
-                                           'mps' if torch.backends.mps.is_available() else 'cpu')
-    assert resolve_dtype('auto', torch.device('cpu')) == torch.float32
-    assert resolve_dtype('auto', torch.device('cuda')) == torch.float16
-    assert resolve_dtype('bf16', torch.device('cpu')) == torch.bfloat16
-    with pytest.raises(ValueError, match='fp32, fp16, bf16'):
-        resolve_dtype('fp8', torch.device('cpu'))
-    with pytest.raises(ValueError, match='cpu, cuda, cuda:N, mps'):
-        resolve_device('tpu')
 
 
 def error_line(capsys, args) -> str:

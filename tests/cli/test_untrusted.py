@@ -15,7 +15,6 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
 from PIL import Image, PngImagePlugin
 from safetensors.torch import save_file
 
@@ -24,7 +23,6 @@ from kdiff_ztsnr.cli.run import show_warning
 generate_module = importlib.import_module('kdiff_ztsnr.generation.generate')   # the module, not the function
 from kdiff_ztsnr.files import save_weights
 from kdiff_ztsnr.models import trained
-from kdiff_ztsnr.untrusted import printable
 from tests.cli.test_validation import expect_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -149,24 +147,6 @@ def test_from_image_never_opens_a_model_or_lora(tmp_path, capsys, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------- escaping
-
-def test_printable_escapes_every_terminal_active_character():
-    out = printable(BAD_TEXT)
-    assert all(c.isprintable() for c in out) and '\n' not in out and '\x1b' not in out
-    for c in ['\x1b', '\x07', '\n', '\r', '\u009b', '\u202e', '\u2066', '\u2069', '\u200b', '\x00', '\x7f']:
-        assert c not in out
-    for c in list(range(0x20)) + list(range(0x7f, 0xa0)) + list(range(0x202a, 0x202f)) + list(range(0x2066, 0x206a)):
-        assert printable(chr(c)) != chr(c)
-    assert printable('plain, 日本語 ok é') == 'plain, 日本語 ok é'
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.text(max_size=40))
-def test_printable_keeps_json_valid(s):
-    """Escapes are JSON escapes: escaped JSON text reads back to the same value."""
-    out = printable(json.dumps({'k': s}, ensure_ascii=False))
-    assert all(c.isprintable() or unicodedata.category(c) == 'Zs' for c in out) and json.loads(out) == {'k': s}
-
 
 def test_untrusted_text_is_escaped_in_errors_warnings_and_inspect(tmp_path, capsys):
     src = png(tmp_path / 'e.png', {'Comment': json.dumps({'prompt': BAD_TEXT, 'model': BAD_TEXT})})

@@ -23,21 +23,8 @@ from kdiff_ztsnr.integrations.comfyui import sampler as comfy_sampler
 from kdiff_ztsnr.oracle import ConditionalMixture, brightness_dataset, exact_model
 from kdiff_ztsnr.sampling import SAMPLERS, BrownianTreeNoiseSampler
 
-STANDIN = Path(__file__).parent / 'comfy_standin'
 PACK = Path(__file__).parents[2] / 'kdiff_ztsnr' / 'integrations' / 'comfyui'
 SEED = 5
-
-
-@pytest.fixture(scope='module')
-def comfy():
-    """The stand-in `comfy` package on sys.path for this module only."""
-    sys.path.insert(0, str(STANDIN))
-    import comfy.model_sampling
-    import comfy.samplers
-    yield comfy
-    sys.path.remove(str(STANDIN))
-    for name in [m for m in sys.modules if m == 'comfy' or m.startswith('comfy.')]:
-        del sys.modules[name]
 
 
 @pytest.fixture(scope='module')
