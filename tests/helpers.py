@@ -5,22 +5,26 @@ from typing import Optional
 from benchmarks.subjects import tiny_sdxl_configs
 
 
+def tiny_train_config(out, n: int = 8, solid_fraction: float = 0.25) -> dict:
+    """A 2-step run on a 16×16 synthetic set written under `out`."""
+    return {'model': {'type': 'image_v1', 'input_channels': 3, 'mapping_out': 16, 'depths': [1, 1],
+                      'channels': [8, 16], 'self_attn_depths': [False, True], 'sigma_data': 0.5},
+            'dataset': {'type': 'synthetic', 'location': str(out / 'data'),
+                        'buckets': {'max_area': 256, 'max_side': 32, 'min_side': 16, 'step': 16, 'extra': [[16, 16]]},
+                        'synthetic': {'n': n, 'sizes': [[16, 16]], 'seed': 0, 'solid_fraction': solid_fraction}},
+            'text': {'encoders': [{'hidden_size': 16, 'intermediate_size': 32, 'num_hidden_layers': 1,
+                                   'num_attention_heads': 2, 'projection_dim': 8}]},
+            'training': {'steps': 2, 'batch_size': 4, 'out_dir': str(out), 'cpu': True, 'checkpoint_every': 1000,
+                         'log_every': 1000, 'threads': 1}}
+
+
 def train_tiny_checkpoint(out, n: int = 8, solid_fraction: float = 0.25):
     """A trainer checkpoint after 2 steps on a 16×16 synthetic set: plumbing for CLI and benchmark tests."""
     from accelerate.state import AcceleratorState, GradientState
     from kdiff_ztsnr import training
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    config = {'model': {'type': 'image_v1', 'input_channels': 3, 'mapping_out': 16, 'depths': [1, 1],
-                        'channels': [8, 16], 'self_attn_depths': [False, True], 'sigma_data': 0.5},
-              'dataset': {'type': 'synthetic', 'location': str(out / 'data'),
-                          'buckets': {'max_area': 256, 'max_side': 32, 'min_side': 16, 'step': 16, 'extra': [[16, 16]]},
-                          'synthetic': {'n': n, 'sizes': [[16, 16]], 'seed': 0, 'solid_fraction': solid_fraction}},
-              'text': {'encoders': [{'hidden_size': 16, 'intermediate_size': 32, 'num_hidden_layers': 1,
-                                     'num_attention_heads': 2, 'projection_dim': 8}]},
-              'training': {'steps': 2, 'batch_size': 4, 'out_dir': str(out), 'cpu': True, 'checkpoint_every': 1000,
-                           'log_every': 1000, 'threads': 1}}
-    training.Trainer(config).run()
+    training.Trainer(tiny_train_config(out, n, solid_fraction)).run()
     return out
 
 
