@@ -381,13 +381,14 @@ def main(argv=None):
 
 def model_sigmas(subject, regime: Regime, steps: int, mode: str) -> torch.Tensor:
     """What generate() uses for the regime (retime), or the oracle benchmark's truncate / karras variants."""
-    from kdiff_ztsnr.generation.generate import make_sigmas
+    from kdiff_ztsnr import schedule_policy
     model = subject.denoiser(regime.clamp)
     if mode != 'retime':
         return regime_sigmas(regime, model, steps, mode)
     if regime.clamp is not None or math.isinf(regime.sigma):
-        return make_sigmas(model, 'native', steps)                  # [clamp or ∞, 56.18, …, 0]
-    return make_sigmas(model, 'native', steps, regime.sigma)        # ztsnr='sigma_max', resolution_aware=False
+        return schedule_policy.sigmas(model, 'native', steps)       # [clamp or ∞, 56.18, …, 0]
+    # ztsnr='sigma_max', resolution_aware=False
+    return schedule_policy.sigmas(model, 'native', steps, sigma_start=regime.sigma)
 
 
 def main_trained(a):

@@ -15,7 +15,6 @@ from torch.nn import functional as F
 
 from .. import schedule_policy, schedules
 from ..progress import bar
-from ..denoisers import DiscreteVDenoiser
 from ..guidance import CFGDenoiser
 from ..img2img import img2img_start
 from ..sampling import SAMPLERS, BrownianTreeNoiseSampler
@@ -30,14 +29,6 @@ def start_sigma(p: GenerationParams, pipe: Pipeline) -> float:
     side = math.sqrt(p.width * p.height)
     return schedules.scale_sigma_for_resolution(p.sigma_max, side, pipe.base_side) if p.resolution_aware \
         else p.sigma_max
-
-
-def make_sigmas(model: DiscreteVDenoiser, kind: str, steps: int, sigma_start: Optional[float] = None,
-                sampler: Optional[str] = None, side: Optional[float] = None,
-                base_side: Optional[float] = None) -> Tensor:
-    """A schedule of `steps` model calls from the model's top (∞ or the clamp) or from a finite sigma_start;
-    'recommended' resolves for sampler, steps and the canvas side vs the model's (schedule_policy)."""
-    return schedule_policy.sigmas_from_inf(model, kind, steps, sigma_start, sampler, side, base_side)
 
 
 def sample_noise(seeds: list, shape: tuple) -> tuple[list, Tensor]:
@@ -114,9 +105,10 @@ def generate(pipe: Pipeline, p: GenerationParams, init: Optional[Tensor] = None,
         clamp = schedules.ZTSNR_CLAMP
     model = pipe.denoiser(sigma_max=clamp, quantize=p.quantize_timesteps)
     if sigmas is None:
-        sigmas = make_sigmas(pipe.denoiser(), p.noise_schedule, p.steps,
-                             start_sigma(p, pipe) if p.ztsnr == 'sigma_max' else None, p.sampler,
-                             math.sqrt(p.width * p.height), pipe.base_side)
+        sigmas = schedule_policy.sigmas(pipe.denoiser(), p.noise_schedule, p.steps,
+                                        sigma_start=start_sigma(p, pipe) if p.ztsnr == 'sigma_max' else None,
+                                        sampler=p.sampler, side=math.sqrt(p.width * p.height),
+                                        base_side=pipe.base_side)
         if clamp is not None:                  # the clamp replaces only ∞: the same finite part below it
             sigmas = schedule_policy.replace_start(sigmas, clamp)
     b, seeds = p.n_samples, [p.seed + i for i in range(p.n_samples)]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from kdiff_ztsnr import cli
-from kdiff_ztsnr.generation.generate import generate, make_sigmas
+from kdiff_ztsnr import cli, schedule_policy
+from kdiff_ztsnr.generation.generate import generate
 from kdiff_ztsnr.generation.params import GenerationParams
 from kdiff_ztsnr.generation.lookup import load_pipeline
 from kdiff_ztsnr.generation.metadata import read_metadata
@@ -65,11 +65,11 @@ def test_every_regime_and_schedule(ckpt, sampler, regime):
 def test_schedules_per_regime(ckpt):
     pipe = load_pipeline(ckpt)
     exact, clamped = pipe.denoiser(), pipe.denoiser(20000.)
-    assert math.isinf(make_sigmas(exact, 'karras', 10)[0]) and make_sigmas(exact, 'karras', 10)[1].item() == \
-        pytest.approx(2254.24, rel=1e-4)
-    assert make_sigmas(clamped, 'native', 10)[0].item() == 20000.
-    assert make_sigmas(clamped, 'exponential', 10)[0].item() == pytest.approx(20000.)
-    s = make_sigmas(exact, 'native', 10, sigma_start=136.)
+    karras = schedule_policy.sigmas(exact, 'karras', 10)
+    assert math.isinf(karras[0]) and karras[1].item() == pytest.approx(2254.24, rel=1e-4)
+    assert schedule_policy.sigmas(clamped, 'native', 10)[0].item() == 20000.
+    assert schedule_policy.sigmas(clamped, 'exponential', 10)[0].item() == pytest.approx(20000.)
+    s = schedule_policy.sigmas(exact, 'native', 10, sigma_start=136.)
     assert s[0].item() == pytest.approx(136., rel=1e-4) and len(s) == 11
 
 
