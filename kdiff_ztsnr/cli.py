@@ -77,9 +77,11 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--schedule', dest='noise_schedule', default=None,
                    help=f'noise schedule: {", ".join(SCHEDULES)}, or an A1111 name (Uniform, Karras, …); '
                         f'recommended = the package default, see benchmarks/README.md (default: {d.noise_schedule})')
-    p.add_argument('--ztsnr', choices=REGIMES, default=None, help='exact: from σ=∞; clamp: from 20000 (report A.2); '
-                                                                 f'sigma_max: from --sigma-max (default: {d.ztsnr})')
-    p.add_argument('--sigma-max', type=float, default=None, help='finite start σ (implies --ztsnr sigma_max)')
+    p.add_argument('--ztsnr', dest='regime', choices=REGIMES, default=None,
+                   help=f'exact: from σ=∞; clamp: from 20000 (report A.2); sigma_max: from --sigma-max '
+                        f'(default: {d.regime})')
+    p.add_argument('--sigma-max', dest='sigma_start', metavar='SIGMA_MAX', type=float, default=None,
+                   help='finite start σ (implies --ztsnr sigma_max)')
     p.add_argument('--no-resolution-aware', dest='resolution_aware', action='store_false', default=None,
                    help='do not scale --sigma-max ×2 per ×2 canvas side (report §2.3)')
     p.add_argument('--eta', type=float, default=None, help="ancestral/SDE η (default: the sampler's)")
@@ -145,7 +147,7 @@ def pipeline_from_args(args: argparse.Namespace, model: str, device: Optional[st
     return pipe
 
 
-GIVEN = ('prompt', 'uc', 'steps', 'scale', 'sampler', 'noise_schedule', 'ztsnr', 'sigma_max', 'resolution_aware',
+GIVEN = ('prompt', 'uc', 'steps', 'scale', 'sampler', 'noise_schedule', 'regime', 'sigma_start', 'resolution_aware',
          'eta', 'seed', 'n_samples', 'width', 'height', 'strength', 'cfg_rescale', 'quantize_timesteps')
 
 
@@ -231,8 +233,8 @@ def params_from_args(args: argparse.Namespace, base_side: int, base: Optional[di
     if args.lora:
         from .models.sdxl.lora import parse_lora
         given['loras'] = [list(parse_lora(s)) for s in args.lora]
-    if 'sigma_max' in given and 'ztsnr' not in given:
-        given['ztsnr'] = 'sigma_max'
+    if 'sigma_start' in given and 'regime' not in given:
+        given['regime'] = 'sigma_max'
     if args.init_image and 'strength' not in given and 'strength' not in base:
         given['strength'] = 0.5 if args.enhance else 0.7
     if not args.init_image:

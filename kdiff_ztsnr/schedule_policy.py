@@ -3,9 +3,9 @@ schedule for a model.
 
 Every schedule from σ = ∞ is ∞ followed by a finite part whose top σ is a parameter (`Spec.top`; None:
 the table's largest finite σ, 2254.24 for SDXL-ZTSNR), with k-diffusion's count: `steps` model calls of
-an Euler sampler. A finite start (ztsnr='sigma_max', or a model whose table has no ∞) builds the same family
-from that σ instead. `recommended` is measured on trained
-witnesses in benchmarks/defaults.py (benchmarks/results/defaults_study.md).
+an Euler sampler. A finite start (`sigma_start`: generation's regime='sigma_max', or a model whose table has
+no ∞) builds the same family from that σ instead. `recommended` is measured on trained witnesses in
+benchmarks/defaults.py (benchmarks/results/defaults_study.md).
 """
 
 import math

@@ -12,7 +12,7 @@ def test_every_schedule_from_inf_has_n_model_calls(kind, exact, clamped):
     s = P.sigmas(exact, kind, 28, sampler='euler_ancestral')
     assert len(s) == 29 and math.isinf(s[0]) and s[-1] == 0
     S.validate_sigmas(s)
-    finite = P.sigmas(exact, kind, 28, sigma_start=136.)           # ztsnr='sigma_max'
+    finite = P.sigmas(exact, kind, 28, sigma_start=136.)           # regime='sigma_max'
     assert len(finite) == 29 and finite[0].item() == pytest.approx(136., rel=1e-4)
     S.validate_sigmas(finite)
     S.validate_sigmas(P.sigmas(clamped, kind, 28))                  # a table without ∞: its own top
