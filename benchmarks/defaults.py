@@ -44,7 +44,7 @@ def candidates() -> dict:
     """name -> f(model, steps, sampler, side, base_side) giving sigmas from ∞ ('recommended': the package's)."""
     spec = schedule_policy.build
     out = {
-        'recommended': lambda m, n, sm, side, base: schedule_policy.sigmas_from_inf(
+        'recommended': lambda m, n, sm, side, base: schedule_policy.sigmas(
             m, 'recommended', n, sampler=sm, side=side, base_side=base),
         'native': lambda m, n, sm, side, base: spec(m, schedule_policy.Spec('native'), n),
         'karras ρ=7': lambda m, n, sm, side, base: spec(m, schedule_policy.Spec('karras'), n),

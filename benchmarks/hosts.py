@@ -23,9 +23,9 @@ import torch
 
 from benchmarks import common
 from benchmarks.common import md_table
+from kdiff_ztsnr import schedule_policy
 from kdiff_ztsnr.denoisers import DiscreteVDenoiser
 from kdiff_ztsnr.guidance import CFGDenoiser
-from kdiff_ztsnr.integrations import schedule_sigmas
 from kdiff_ztsnr.sampling import SAMPLERS
 from kdiff_ztsnr.schedules import COMFY_SIGMA_MAX, DIFFUSERS_SIGMA_MAX, ZTSNR_CLAMP
 
@@ -76,7 +76,7 @@ def rel(a, b) -> float:
 def compare(pipe, sampler: str, kind: str, steps: int, seeds: list) -> list:
     noise = torch.stack([torch.randn(4, SIDE // 8, SIDE // 8, generator=torch.Generator().manual_seed(s))
                          for s in seeds])
-    sigmas = schedule_sigmas(pipe.denoiser(), kind, steps)
+    sigmas = schedule_policy.sigmas(pipe.denoiser(), kind, steps)
     exact, exact_1, d_inf = run(pipe, pipe.denoiser(), sampler, sigmas, noise, seeds)
     rows = []
     for name, sigma_0, scale_0 in HOSTS:

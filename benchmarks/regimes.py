@@ -28,7 +28,7 @@ when ``subject.reference`` returns None.
 ``--model embedded`` (or a trainer checkpoint directory): the trained pixel-space model instead of the oracle
 (``trained.TrainedSubject``: the package's pipeline, sampled as ``generate`` samples it). Prompts "completely
 black" and "completely white" at CFG scales ``--scales`` (default 5 and 1) and '' at scale 1; the same seeds
-for every regime. Finite starts use generate's ``ztsnr='sigma_max'`` schedule with resolution_aware=False
+for every regime. Finite starts use generate's ``regime='sigma_max'`` schedule with resolution_aware=False
 (the native ramp re-timed to start at σ₀, equal NFE: ``--schedule retime``, the default for a model); the
 clamps use the clamped table's native schedule; ∞ the exact one. Writes regimes_NAME.{md,json,png}.
 """
@@ -381,13 +381,14 @@ def main(argv=None):
 
 def model_sigmas(subject, regime: Regime, steps: int, mode: str) -> torch.Tensor:
     """What generate() uses for the regime (retime), or the oracle benchmark's truncate / karras variants."""
-    from kdiff_ztsnr.generation.generate import make_sigmas
+    from kdiff_ztsnr import schedule_policy
     model = subject.denoiser(regime.clamp)
     if mode != 'retime':
         return regime_sigmas(regime, model, steps, mode)
     if regime.clamp is not None or math.isinf(regime.sigma):
-        return make_sigmas(model, 'native', steps)                  # [clamp or ∞, 56.18, …, 0]
-    return make_sigmas(model, 'native', steps, regime.sigma)        # ztsnr='sigma_max', resolution_aware=False
+        return schedule_policy.sigmas(model, 'native', steps)       # [clamp or ∞, 56.18, …, 0]
+    # regime='sigma_max', resolution_aware=False
+    return schedule_policy.sigmas(model, 'native', steps, sigma_start=regime.sigma)
 
 
 def main_trained(a):

@@ -135,7 +135,7 @@ def ui_specs() -> dict:
     """The package's schedules ('karras' = the former default ρ=7 from 2254.24; polyexponential is left out:
     its ρ = 1 makes it the exponential schedule) and 'recommended', resolved per sampler."""
     names = [n for n in schedule_policy.SCHEDULE_NAMES if n != 'polyexponential'] + ['recommended']
-    return {name: (lambda m, n, sm, k=name: schedule_policy.sigmas_from_inf(m, k, n, sampler=sm)) for name in names}
+    return {name: (lambda m, n, sm, k=name: schedule_policy.sigmas(m, k, n, sampler=sm)) for name in names}
 
 
 def search_specs(tops=(100., 250., 500., 1000., 1500., None, 5000., 20000.),

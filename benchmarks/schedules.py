@@ -18,9 +18,9 @@ the same mode as the reference.
 
 ``--model embedded`` (or a trainer checkpoint directory): the trained pixel-space model instead
 (``trained.TrainedSubject``, sampled as ``generate`` samples it, same seeds for every schedule). Schedules
-(``--schedules``): native, karras ρ=7, exponential (the package's ``make_sigmas``: ∞ then the ramp from the
-largest finite table σ, 2254.24) and polyexponential ρ=2 (``make_sigmas``'s polyexponential has ρ=1, which
-is the exponential schedule); prompts "completely black"/"completely white" at CFG ``--scales`` (default 5)
+(``--schedules``): native, karras ρ=7, exponential (the package's ``schedule_policy.sigmas``: ∞ then the ramp
+from the largest finite table σ, 2254.24) and polyexponential ρ=2 (``schedule_policy.sigmas``'s polyexponential
+has ρ=1, which is the exponential schedule); prompts "completely black"/"completely white" at CFG ``--scales`` (default 5)
 and '' at scale 1. Metrics: brightness bias, spread, W1 brightness and W1 colour to the training images of
 the prompt (trained.py). Writes schedules_NAME.{md,json,png}.
 """
@@ -236,16 +236,16 @@ MODEL_SCHEDULES = ['native', 'karras ρ=7', 'exponential', 'polyexp ρ=2']
 
 
 def model_specs(names, sigma_top, sampler=None):
-    """name -> f(model, n); the package's make_sigmas where it has the schedule ('recommended' resolved for
-    `sampler`), schedule_specs otherwise."""
-    from kdiff_ztsnr.generation.generate import make_sigmas
+    """name -> f(model, n); the package's schedule_policy.sigmas where it has the schedule ('recommended'
+    resolved for `sampler`), schedule_specs otherwise."""
+    from kdiff_ztsnr import schedule_policy
     from kdiff_ztsnr.generation.params import SCHEDULES
     specs = schedule_specs(sigma_top)
     pkg = {'karras ρ=7': 'karras', **{k: k for k in SCHEDULES}}
     out = {}
     for name in names:
         if name in pkg:
-            out[name] = lambda m, n, kind=pkg[name]: make_sigmas(m, kind, n, sampler=sampler)
+            out[name] = lambda m, n, kind=pkg[name]: schedule_policy.sigmas(m, kind, n, sampler=sampler)
         elif name in specs:
             out[name] = specs[name]
         else:

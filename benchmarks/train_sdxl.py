@@ -146,7 +146,7 @@ def brightness(pipe, prompts, n: int, steps: int, scale: float) -> dict:
     out = {}
     for prompt in prompts:
         p = GenerationParams(prompt=prompt, steps=steps, scale=scale, n_samples=n, width=64, height=64,
-                             sampler='euler_ancestral', ztsnr='exact')
+                             sampler='euler_ancestral', regime='exact')
         with torch.no_grad():
             out[prompt] = float(((generate(pipe, p) + 1) / 2).mean())
     return out

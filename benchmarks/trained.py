@@ -85,7 +85,7 @@ class TrainedSubject:
 
     def denoiser(self, clamp: Optional[float] = None):
         if clamp not in self._models:
-            self._models[clamp] = self.pipe.denoiser(sigma_max=clamp)
+            self._models[clamp] = self.pipe.denoiser(clamp=clamp)
         return self._models[clamp]
 
     def reference(self, prompt: str) -> torch.Tensor:

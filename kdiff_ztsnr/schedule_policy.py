@@ -1,10 +1,11 @@
-"""Which schedule `recommended` means, per sampler, and building any named schedule for a model .
+"""Which schedule `recommended` means, per sampler, and `sigmas`: the one entry point that builds any named
+schedule for a model.
 
 Every schedule from σ = ∞ is ∞ followed by a finite part whose top σ is a parameter (`Spec.top`; None:
 the table's largest finite σ, 2254.24 for SDXL-ZTSNR), with k-diffusion's count: `steps` model calls of
-an Euler sampler. A finite start (ztsnr='sigma_max', or a model whose table has no ∞) builds the same family
-from that σ instead. `recommended` is measured on trained
-witnesses in benchmarks/defaults.py (benchmarks/results/defaults_study.md).
+an Euler sampler. A finite start (`sigma_start`: generation's regime='sigma_max', or a model whose table has
+no ∞) builds the same family from that σ instead. `recommended` is measured on trained witnesses in
+benchmarks/defaults.py (benchmarks/results/defaults_study.md).
 """
 
 import math
@@ -89,13 +90,15 @@ def build(model: DiscreteVDenoiser, spec: Spec, steps: int, sigma_start: Optiona
     return SIGMA_BUILDERS[spec.family](steps, model.sigmas[0].item(), top, prepend_inf=from_inf, **kw)
 
 
-def sigmas_from_inf(model: DiscreteVDenoiser, kind: str, steps: int, sigma_start: Optional[float] = None,
-                    sampler: Optional[str] = None, side: Optional[float] = None,
-                    base_side: Optional[float] = None) -> Tensor:
-    """The named schedule for `steps` model calls ('recommended' resolves for sampler, steps and canvas)."""
-    if kind not in SCHEDULE_NAMES + ('recommended',):
-        raise ValueError(f'unknown schedule {kind!r}; choose from {", ".join(SCHEDULE_NAMES)}, recommended')
-    spec = recommended(sampler, steps, side, base_side) if kind == 'recommended' else Spec(kind)
+def sigmas(model: DiscreteVDenoiser, name: str, steps: int, *, sigma_start: Optional[float] = None,
+           sampler: Optional[str] = None, side: Optional[float] = None, base_side: Optional[float] = None) -> Tensor:
+    """The one schedule entry point: the named schedule of `steps` model calls from the model's top (∞ for a
+    ZTSNR table, else its largest finite σ) or from a finite `sigma_start`, then 0. 'recommended' resolves for
+    `sampler`, `steps` and the canvas side in pixels (√(w·h)) against the model's `base_side` (report §2.3;
+    None for either: the model's own canvas). Used by `generate`, the integrations and the benchmarks."""
+    if name not in SCHEDULE_NAMES + ('recommended',):
+        raise ValueError(f'unknown schedule {name!r}; choose from {", ".join(SCHEDULE_NAMES)}, recommended')
+    spec = recommended(sampler, steps, side, base_side) if name == 'recommended' else Spec(name)
     return build(model, spec, steps, sigma_start)
 
 

@@ -37,7 +37,9 @@ def run(smoke: bool = False) -> dict:
     for c in cases(smoke):
         c = dict(c)
         strength = c.pop('img2img', None)
-        p = GenerationParams(prompt='red circle, blue background', steps=7, n_samples=2, seed=11, **c)
+        # from_dict: the cases' keys ztsnr / sigma_max are read by an older checkout and this one alike
+        p = GenerationParams.from_dict({'prompt': 'red circle, blue background', 'steps': 7, 'n_samples': 2,
+                                        'seed': 11, **c})
         init = None
         if strength is not None:
             init = torch.linspace(-1, 1, 3 * 32 * 32).view(1, 3, 32, 32)

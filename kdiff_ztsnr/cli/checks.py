@@ -14,7 +14,7 @@ from ..errors import quote
 from ..generation.params import GenerationParams, check_fields
 from ..untrusted import printable
 
-GIVEN = ('prompt', 'uc', 'steps', 'scale', 'sampler', 'noise_schedule', 'ztsnr', 'sigma_max', 'resolution_aware',
+GIVEN = ('prompt', 'uc', 'steps', 'scale', 'sampler', 'noise_schedule', 'regime', 'sigma_start', 'resolution_aware',
          'eta', 'seed', 'n_samples', 'width', 'height', 'strength', 'cfg_rescale', 'quantize_timesteps')
 
 
@@ -100,8 +100,8 @@ def params_from_args(args: argparse.Namespace, base_side: int, base: Optional[di
     if args.lora:
         from ..models.sdxl.lora import parse_lora
         given['loras'] = [list(parse_lora(s)) for s in args.lora]
-    if 'sigma_max' in given and 'ztsnr' not in given:
-        given['ztsnr'] = 'sigma_max'
+    if 'sigma_start' in given and 'regime' not in given:
+        given['regime'] = 'sigma_max'
     if args.init_image and 'strength' not in given and 'strength' not in base:
         given['strength'] = 0.5 if args.enhance else 0.7
     if not args.init_image:

@@ -29,9 +29,11 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--schedule', dest='noise_schedule', default=None,
                    help=f'noise schedule: {", ".join(SCHEDULES)}, or an A1111 name (Uniform, Karras, …); '
                         f'recommended = the package default, see benchmarks/README.md (default: {d.noise_schedule})')
-    p.add_argument('--ztsnr', choices=REGIMES, default=None, help='exact: from σ=∞; clamp: from 20000 (report A.2); '
-                                                                 f'sigma_max: from --sigma-max (default: {d.ztsnr})')
-    p.add_argument('--sigma-max', type=float, default=None, help='finite start σ (implies --ztsnr sigma_max)')
+    p.add_argument('--ztsnr', dest='regime', choices=REGIMES, default=None,
+                   help=f'exact: from σ=∞; clamp: from 20000 (report A.2); sigma_max: from --sigma-max '
+                        f'(default: {d.regime})')
+    p.add_argument('--sigma-max', dest='sigma_start', metavar='SIGMA_MAX', type=float, default=None,
+                   help='finite start σ (implies --ztsnr sigma_max)')
     p.add_argument('--no-resolution-aware', dest='resolution_aware', action='store_false', default=None,
                    help='do not scale --sigma-max ×2 per ×2 canvas side (report §2.3)')
     p.add_argument('--eta', type=float, default=None, help="ancestral/SDE η (default: the sampler's)")

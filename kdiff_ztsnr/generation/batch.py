@@ -19,8 +19,8 @@ def line_params(job, index: int, given: dict, model: str, base_side: int) -> Gen
     n = given.get('n_samples', d.n_samples)
     seeds = job.seeds(given.get('seed', d.seed), index, n)
     p = {'width': base_side, **given, **job.params, 'seed': seeds[0], 'n_samples': len(seeds)}
-    if 'sigma_max' in p and 'ztsnr' not in given and 'ztsnr' not in job.params:
-        p['ztsnr'] = 'sigma_max'
+    if 'sigma_start' in p and 'regime' not in given and 'regime' not in job.params:
+        p['regime'] = 'sigma_max'
     p.setdefault('height', p['width'])
     return GenerationParams.from_dict({**p, 'model': model})
 

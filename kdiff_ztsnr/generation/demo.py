@@ -21,9 +21,9 @@ from .params import GenerationParams
 PROMPTS = ('completely black', 'completely white', 'red circle, blue background', '')
 SAMPLERS = ('euler_ancestral', 'dpmpp_2m')
 REGIME_PARAMS = {
-    'exact inf': {'ztsnr': 'exact'},
-    'clamp 20000': {'ztsnr': 'clamp'},
-    'sigma_max 14.6146': {'ztsnr': 'sigma_max', 'sigma_max': SDXL_SIGMA_MAX, 'resolution_aware': False},
+    'exact inf': {'regime': 'exact'},
+    'clamp 20000': {'regime': 'clamp'},
+    'sigma_max 14.6146': {'regime': 'sigma_max', 'sigma_start': SDXL_SIGMA_MAX, 'resolution_aware': False},
 }
 
 

@@ -15,7 +15,6 @@ from torch.nn import functional as F
 
 from .. import schedule_policy, schedules
 from ..progress import bar
-from ..denoisers import DiscreteVDenoiser
 from ..guidance import CFGDenoiser
 from ..img2img import img2img_start
 from ..sampling import SAMPLERS, BrownianTreeNoiseSampler
@@ -26,18 +25,10 @@ BROWNIAN = {'dpmpp_sde', 'dpmpp_2m_sde', 'dpmpp_3m_sde'}
 
 
 def start_sigma(p: GenerationParams, pipe: Pipeline) -> float:
-    """The finite start of the 'sigma_max' regime, scaled ×2 per ×2 canvas side if resolution-aware."""
+    """The finite start p.sigma_start of the 'sigma_max' regime, ×2 per ×2 canvas side if resolution-aware."""
     side = math.sqrt(p.width * p.height)
-    return schedules.scale_sigma_for_resolution(p.sigma_max, side, pipe.base_side) if p.resolution_aware \
-        else p.sigma_max
-
-
-def make_sigmas(model: DiscreteVDenoiser, kind: str, steps: int, sigma_start: Optional[float] = None,
-                sampler: Optional[str] = None, side: Optional[float] = None,
-                base_side: Optional[float] = None) -> Tensor:
-    """A schedule of `steps` model calls from the model's top (∞ or the clamp) or from a finite sigma_start;
-    'recommended' resolves for sampler, steps and the canvas side vs the model's (schedule_policy)."""
-    return schedule_policy.sigmas_from_inf(model, kind, steps, sigma_start, sampler, side, base_side)
+    return schedules.scale_sigma_for_resolution(p.sigma_start, side, pipe.base_side) if p.resolution_aware \
+        else p.sigma_start
 
 
 def sample_noise(seeds: list, shape: tuple) -> tuple[list, Tensor]:
@@ -104,19 +95,20 @@ def generate(pipe: Pipeline, p: GenerationParams, init: Optional[Tensor] = None,
     """Images in [−1, 1] [n_samples, 3, H, W]. init: image [1 or B, 3, H, W]; mask: [1, 1, H, W], 1 = repaint.
 
     sigmas: an explicit schedule instead of p's; clamp: the table's top σ (report A.2; default
-    ZTSNR_CLAMP for p.ztsnr == 'clamp', none otherwise); limits=False lifts params.MAX_SIDE / MAX_PIXELS.
+    ZTSNR_CLAMP for p.regime == 'clamp', none otherwise); limits=False lifts params.MAX_SIDE / MAX_PIXELS.
     """
     check_params(p, pipe.size_multiple, pipe.name, limits)
     if p.loras or pipe.info.get('loras_from_params'):
         from ..models.sdxl.lora import use_loras
         use_loras(pipe, p.loras)                   # the pipeline carries exactly p.loras
-    if clamp is None and p.ztsnr == 'clamp':
+    if clamp is None and p.regime == 'clamp':
         clamp = schedules.ZTSNR_CLAMP
-    model = pipe.denoiser(sigma_max=clamp, quantize=p.quantize_timesteps)
+    model = pipe.denoiser(clamp=clamp, quantize=p.quantize_timesteps)
     if sigmas is None:
-        sigmas = make_sigmas(pipe.denoiser(), p.noise_schedule, p.steps,
-                             start_sigma(p, pipe) if p.ztsnr == 'sigma_max' else None, p.sampler,
-                             math.sqrt(p.width * p.height), pipe.base_side)
+        sigmas = schedule_policy.sigmas(pipe.denoiser(), p.noise_schedule, p.steps,
+                                        sigma_start=start_sigma(p, pipe) if p.regime == 'sigma_max' else None,
+                                        sampler=p.sampler, side=math.sqrt(p.width * p.height),
+                                        base_side=pipe.base_side)
         if clamp is not None:                  # the clamp replaces only ∞: the same finite part below it
             sigmas = schedule_policy.replace_start(sigmas, clamp)
     b, seeds = p.n_samples, [p.seed + i for i in range(p.n_samples)]

@@ -25,10 +25,14 @@ STEALTH_MAGIC = b'stealth_pngcomp'
 MAX_METADATA = 1 << 20                 # bytes of decompressed JSON / text read back
 MAX_ALPHA_PIXELS = 1 << 26             # larger images are not decoded for alpha metadata
 
+# The keys of the JSON (Comment chunk, alpha channel) that differ from the parameters' names: the file format,
+# kept from the parameters' earlier names (params.OLD_NAMES). Written by save_png, read back by read_metadata.
+FILE_KEYS = {'regime': 'ztsnr', 'sigma_start': 'sigma_max'}
+PARAM_KEYS = {v: k for k, v in FILE_KEYS.items()}
 # A1111 labels for the parameters (order kept when writing); A1111/Forge's own fields first, as they write them.
 A1111_KEYS = {'steps': 'Steps', 'sampler': 'Sampler', 'noise_schedule': 'Schedule type', 'scale': 'CFG scale',
               'seed': 'Seed', 'model': 'Model', 'strength': 'Denoising strength', 'cfg_rescale': 'CFG rescale',
-              'ztsnr': 'ZTSNR', 'sigma_max': 'Sigma max', 'resolution_aware': 'Resolution-aware sigma', 'eta': 'Eta',
+              'regime': 'ZTSNR', 'sigma_start': 'Sigma max', 'resolution_aware': 'Resolution-aware sigma', 'eta': 'Eta',
               'quantize_timesteps': 'Integer timesteps',
               'n_samples': 'Batch size', 'loras': 'LoRAs'}   # LoRAs: [[file, weight], …] as JSON (ours)
 OWN_SCHEDULE = 'ZTSNR schedule'   # the package's schedule when A1111's list has no such family (trailing, recommended)
@@ -41,6 +45,16 @@ _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:[^"\\]|\\.)+"|[^,]*)(?:,|$)')
 _SIZE = re.compile(r'^(\d+)x(\d+)$')
 _LORA_TAG = re.compile(r'<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>')
 _MODEL_HASHES: dict = {}
+
+
+def to_file(params: dict) -> dict:
+    """Parameters as the file's JSON keys them (FILE_KEYS), in their order."""
+    return {FILE_KEYS.get(k, k): v for k, v in params.items()}
+
+
+def from_file(found: dict) -> dict:
+    """A file's JSON keys as the parameters' names (FILE_KEYS read backwards), in their order."""
+    return {PARAM_KEYS.get(k, k): v for k, v in found.items()}
 
 
 def model_hash(model) -> Optional[str]:
@@ -269,7 +283,7 @@ def from_nai(params: dict) -> dict:
 
 
 def _alpha_payload(params: dict) -> bytes:
-    data = gzip.compress(json.dumps(params).encode())
+    data = gzip.compress(json.dumps(to_file(params)).encode())
     return STEALTH_MAGIC + (len(data) * 8).to_bytes(4, 'big') + data
 
 
@@ -317,7 +331,8 @@ def read_alpha(image: Image.Image) -> Optional[dict]:
     start = (len(STEALTH_MAGIC) + 4) * 8
     if n % 8 or start + n > len(lsb):
         raise ValueError(f'alpha-channel metadata claims {n} bits, the image holds {len(lsb) - start}')
-    return json.loads(_gunzip(np.packbits(lsb[start:start + n]).tobytes()))
+    found = json.loads(_gunzip(np.packbits(lsb[start:start + n]).tobytes()))
+    return from_file(found) if isinstance(found, dict) else found
 
 
 def save_png(image: Image.Image, path: str, params: dict, alpha: bool = False) -> None:
@@ -327,7 +342,7 @@ def save_png(image: Image.Image, path: str, params: dict, alpha: bool = False) -
     info.add_text('Description', params.get('prompt', ''))
     info.add_text('Software', 'kdiff-ztsnr')
     info.add_text('Source', str(params.get('model', '')))
-    info.add_text('Comment', json.dumps(params))
+    info.add_text('Comment', json.dumps(to_file(params)))
     info.add_text('parameters', a1111_text(params))
     (embed_alpha(image, params) if alpha else image).save(path, format='PNG', pnginfo=info)
 
@@ -345,6 +360,7 @@ def read_metadata(path: str, lora_dir: Optional[str] = None) -> dict:
             text = getattr(im, 'text', {}) or {}
             if 'Comment' in text:
                 found = _bounded(text['Comment'], json.loads)
+                found = from_file(found) if isinstance(found, dict) else found
             elif 'parameters' in text:
                 found = _bounded(text['parameters'], lambda t: parse_a1111(t, lora_dir))
             else:

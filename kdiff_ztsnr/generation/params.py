@@ -35,9 +35,9 @@ class GenerationParams:
     height: int = 32
     sampler: str = 'euler_ancestral'
     noise_schedule: str = 'recommended'
-    ztsnr: str = 'exact'               # 'exact' from ∞ | 'clamp' at 20000 | 'sigma_max' (finite start)
-    sigma_max: Optional[float] = None  # the finite start for ztsnr='sigma_max', before resolution scaling
-    resolution_aware: bool = True      # scale a finite σ_max ×2 per ×2 canvas side (report §2.3)
+    regime: str = 'exact'              # 'exact' from ∞ | 'clamp' at 20000 | 'sigma_max' (from sigma_start)
+    sigma_start: Optional[float] = None  # the finite start for regime='sigma_max', before resolution scaling
+    resolution_aware: bool = True      # scale a finite start ×2 per ×2 canvas side (report §2.3)
     strength: float = 1.               # img2img strength (1: text-to-image)
     eta: Optional[float] = None        # ancestral/SDE η (None: the sampler's default)
     quantize_timesteps: bool = False   # integer t as ComfyUI / A1111 feed the network, to reproduce their images
@@ -50,8 +50,28 @@ class GenerationParams:
 
     @classmethod
     def from_dict(cls, d: dict) -> 'GenerationParams':
+        """The known keys of d (others, e.g. A1111's extras, are ignored); the earlier names (OLD_NAMES) too."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{k: v for k, v in new_names(d).items() if k in names})
+
+
+# Earlier names of parameters, still accepted by from_dict and prompt files (the PNG metadata keeps them as its
+# keys: metadata.FILE_KEYS): the regime was `ztsnr`, the finite start `sigma_max`.
+OLD_NAMES = {'ztsnr': 'regime', 'sigma_max': 'sigma_start'}
+
+
+def new_names(d: dict) -> dict:
+    """d with every earlier name (OLD_NAMES) replaced by the parameter's name (ParamError if both are
+    given with different values)."""
+    out = {}
+    for key, value in d.items():
+        name = OLD_NAMES.get(key, key)
+        if name in out and out[name] != value:
+            earlier = {v: k for k, v in OLD_NAMES.items()}[name]
+            raise ParamError(f'{{{name}}} is given twice with different values, as itself and by its earlier name '
+                             f'{quote(repr(earlier))}: give one')
+        out[name] = value
+    return out
 
 
 def Field(kind: type, lo: Optional[float] = None, hi: Optional[float] = None, choices: tuple = (),
@@ -91,8 +111,8 @@ FIELDS = {
     'height': Field(int, 1, MAX_SIDE),
     'sampler': Field(str, choices=SAMPLER_NAMES),
     'noise_schedule': Field(str, choices=SCHEDULES, option='--schedule'),
-    'ztsnr': Field(str, choices=REGIMES),
-    'sigma_max': Field(float, 1e-3, 1e5, optional=True),
+    'regime': Field(str, choices=REGIMES, option='--ztsnr'),
+    'sigma_start': Field(float, 1e-3, 1e5, optional=True, option='--sigma-max'),
     'resolution_aware': Field(bool, option='--no-resolution-aware'),
     'strength': Field(float, 0.001, 1),
     'eta': Field(float, 0, 10, optional=True),
@@ -144,8 +164,8 @@ def check_params(p: GenerationParams, size_multiple: int = 1, name: str = 'the m
     if p.width % m or p.height % m or p.width <= 0 or p.height <= 0:
         raise ValueError(f'width and height must be positive multiples of {m} for {name}, '
                          f'got {p.width}x{p.height}')
-    if p.ztsnr == 'sigma_max' and p.sigma_max is None:
-        raise ParamError('ztsnr="sigma_max" needs a finite positive {sigma_max}, got none')
+    if p.regime == 'sigma_max' and p.sigma_start is None:
+        raise ParamError("{regime='sigma_max'} needs a finite positive {sigma_start}, got none")
     if p.seed + p.n_samples - 1 > MAX_SEED:
         raise ValueError(f'seed + n_samples - 1 must be at most {MAX_SEED}, got {p.seed + p.n_samples - 1}')
     if limits and p.width * p.height * p.n_samples > MAX_PIXELS:

@@ -2,8 +2,9 @@
 
 A line is a prompt, or (starting with ``{``) a JSON object of parameters for that line: the keys of
 ``params.FIELDS`` (prompt, uc, steps, scale, cfg_rescale, seed, n_samples, width, height, sampler,
-noise_schedule, ztsnr, sigma_max, eta, …) and the aliases ``negative`` (uc), ``schedule`` (noise_schedule),
-``n`` (n_samples) and ``size`` ("WxH" or [W, H]); each is checked like the option and an error names the line.
+noise_schedule, regime, sigma_start, eta, …) and the aliases ``negative`` (uc), ``schedule`` (noise_schedule),
+``n`` (n_samples), ``ztsnr`` (regime), ``sigma_max`` (sigma_start) and ``size`` ("WxH" or [W, H]); each is
+checked like the option and an error names the line.
 Blank lines and lines starting with ``#`` are skipped. A line's values override the command line's.
 
 Seeds: line k (0-based among the prompt lines) without a "seed" starts at ``--seed + k·n`` (n = -n), so every
@@ -20,9 +21,9 @@ import re
 from dataclasses import dataclass
 
 from ..errors import ParamError, quote
-from .params import FIELDS, check_fields
+from .params import FIELDS, OLD_NAMES, check_fields
 
-ALIASES = {'negative': 'uc', 'schedule': 'noise_schedule', 'n': 'n_samples'}
+ALIASES = {'negative': 'uc', 'schedule': 'noise_schedule', 'n': 'n_samples', **OLD_NAMES}
 KEYS = sorted([*FIELDS, *ALIASES, 'size'])
 NOT_PER_LINE = {'model'}                         # one model per command: it is loaded once
 MAX_LINES = 1_000_000

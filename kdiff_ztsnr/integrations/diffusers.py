@@ -24,10 +24,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from k_diffusion.sampling import get_ancestral_step, to_d
 from torch import Tensor
 
-from .. import schedules
+from .. import schedule_policy, schedules
 from ..denoisers import v_scalings
 from ..sampling import infinite_sigmas_up
-from . import SCHEDULES, STEP_SAMPLERS, schedule_sigmas, table_denoiser
+from . import SCHEDULES, STEP_SAMPLERS, table_denoiser
 
 
 class ZTSNRScheduler(SchedulerMixin, ConfigMixin):
@@ -115,7 +115,8 @@ class ZTSNRScheduler(SchedulerMixin, ConfigMixin):
         else:
             if num_inference_steps is None:
                 raise ValueError('give num_inference_steps, timesteps or sigmas')
-            s = schedule_sigmas(self.table, self.config.schedule, num_inference_steps, self.config.sampler)
+            s = schedule_policy.sigmas(self.table, self.config.schedule, num_inference_steps,
+                                           sampler=self.config.sampler)
         if s[-1] != 0:
             s = torch.cat([s, s.new_zeros([1])])
         schedules.validate_sigmas(s)

@@ -37,10 +37,10 @@ class Pipeline:
     info: dict = field(default_factory=dict)
     components: dict = field(default_factory=dict)  # the loaded modules by role (SDXL: unet, vae, text)
 
-    def denoiser(self, sigma_max: Optional[float] = None, quantize: bool = False) -> DiscreteVDenoiser:
-        """The exact wrapper (σ_max None: the table reaches ∞) or the clamped one (report A.2); quantize:
-        integer timesteps as ComfyUI / A1111 feed them."""
-        return DiscreteVDenoiser(self.inner_model, self.alphas_cumprod, quantize=quantize, sigma_max=sigma_max,
+    def denoiser(self, clamp: Optional[float] = None, quantize: bool = False) -> DiscreteVDenoiser:
+        """The exact wrapper (clamp None: the table reaches ∞) or the one whose table's top is clamp (report A.2,
+        DiscreteVDenoiser's sigma_max); quantize: integer timesteps as ComfyUI / A1111 feed them."""
+        return DiscreteVDenoiser(self.inner_model, self.alphas_cumprod, quantize=quantize, sigma_max=clamp,
                                  sigma_data=self.sigma_data).to(self.device)
 
     @property

@@ -63,7 +63,7 @@ def preview_grid(pipeline, preview_config: dict, size: tuple[int, int], out_path
         cells = []
         for seed in pc['seeds']:
             p = GenerationParams(prompt=prompt, steps=pc['steps'], scale=pc['scale'], seed=seed, width=w,
-                                 height=h, sampler=pc['sampler'], ztsnr='exact', model=f'step {step}')
+                                 height=h, sampler=pc['sampler'], regime='exact', model=f'step {step}')
             with torch.no_grad():
                 cells.append((generate or default_generate)(pipeline, p)[0].float().cpu())
         meta['brightness'].append([round(float((c.mean() + 1) / 2), 4) for c in cells])

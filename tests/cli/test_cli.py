@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from kdiff_ztsnr import cli
-from kdiff_ztsnr.generation.generate import generate, make_sigmas
+from kdiff_ztsnr import cli, schedule_policy
+from kdiff_ztsnr.generation.generate import generate
 from kdiff_ztsnr.generation.params import GenerationParams
 from kdiff_ztsnr.generation.lookup import load_pipeline
 from kdiff_ztsnr.generation.metadata import read_metadata
@@ -51,8 +51,8 @@ def test_sample_inspect_rerun(ckpt, tmp_path, capsys):
 
 
 @pytest.mark.parametrize('sampler', ['euler', 'euler_ancestral', 'dpmpp_2m', 'dpmpp_sde', 'heun'])
-@pytest.mark.parametrize('regime', [{'ztsnr': 'exact'}, {'ztsnr': 'clamp'},
-                                    {'ztsnr': 'sigma_max', 'sigma_max': 14.6146}])
+@pytest.mark.parametrize('regime', [{'regime': 'exact'}, {'regime': 'clamp'},
+                                    {'regime': 'sigma_max', 'sigma_start': 14.6146}])
 def test_every_regime_and_schedule(ckpt, sampler, regime):
     pipe = load_pipeline(ckpt)
     for schedule in ('native', 'karras', 'exponential', 'polyexponential', 'recommended'):
@@ -65,18 +65,18 @@ def test_every_regime_and_schedule(ckpt, sampler, regime):
 def test_schedules_per_regime(ckpt):
     pipe = load_pipeline(ckpt)
     exact, clamped = pipe.denoiser(), pipe.denoiser(20000.)
-    assert math.isinf(make_sigmas(exact, 'karras', 10)[0]) and make_sigmas(exact, 'karras', 10)[1].item() == \
-        pytest.approx(2254.24, rel=1e-4)
-    assert make_sigmas(clamped, 'native', 10)[0].item() == 20000.
-    assert make_sigmas(clamped, 'exponential', 10)[0].item() == pytest.approx(20000.)
-    s = make_sigmas(exact, 'native', 10, sigma_start=136.)
+    karras = schedule_policy.sigmas(exact, 'karras', 10)
+    assert math.isinf(karras[0]) and karras[1].item() == pytest.approx(2254.24, rel=1e-4)
+    assert schedule_policy.sigmas(clamped, 'native', 10)[0].item() == 20000.
+    assert schedule_policy.sigmas(clamped, 'exponential', 10)[0].item() == pytest.approx(20000.)
+    s = schedule_policy.sigmas(exact, 'native', 10, sigma_start=136.)
     assert s[0].item() == pytest.approx(136., rel=1e-4) and len(s) == 11
 
 
 def test_resolution_aware_sigma_max(ckpt):
     from kdiff_ztsnr.generation.generate import start_sigma
     pipe = load_pipeline(ckpt)
-    p = GenerationParams(prompt='x', ztsnr='sigma_max', sigma_max=14.6, width=2 * pipe.base_side,
+    p = GenerationParams(prompt='x', regime='sigma_max', sigma_start=14.6, width=2 * pipe.base_side,
                          height=2 * pipe.base_side)
     assert start_sigma(p, pipe) == pytest.approx(29.2)
     p.resolution_aware = False
@@ -209,7 +209,7 @@ def test_commands_print_no_pkg_resources_warning(tmp_path):
 
 
 def test_clamp_regime_keeps_the_exact_finite_part(ckpt, monkeypatch):
-    """Issue #11: ztsnr='clamp' replaces only σ = ∞ by 20000; the finite part below is the exact regime's."""
+    """Issue #11: regime='clamp' replaces only σ = ∞ by 20000; the finite part below is the exact regime's."""
     from kdiff_ztsnr.generation import generate as gen
     seen = {}
     euler = gen.SAMPLERS['euler']
@@ -220,6 +220,6 @@ def test_clamp_regime_keeps_the_exact_finite_part(ckpt, monkeypatch):
     monkeypatch.setitem(gen.SAMPLERS, 'euler', spy)
     pipe = load_pipeline(ckpt)
     for regime in ('exact', 'clamp'):
-        generate(pipe, GenerationParams(prompt='x', steps=6, width=16, height=16, sampler='euler', ztsnr=regime))
+        generate(pipe, GenerationParams(prompt='x', steps=6, width=16, height=16, sampler='euler', regime=regime))
     exact, clamp = seen['sigmas']
     assert math.isinf(exact[0]) and clamp[0].item() == 20000. and torch.equal(exact[1:], clamp[1:])

@@ -120,6 +120,9 @@ def test_prompt_file_lines_are_checked_like_options(tmp_path):
     assert parse_line('{"prompt": "x", "negative": "y", "size": "16x32", "schedule": "karras", "n": 2, '
                       '"seed": 5}', 'f: ') == {'prompt': 'x', 'uc': 'y', 'width': 16, 'height': 32,
                                                'noise_schedule': 'karras', 'n_samples': 2, 'seed': 5}
+    for line in ('{"prompt": "x", "ztsnr": "sigma_max", "sigma_max": 80}',            # the earlier names
+                 '{"prompt": "x", "regime": "sigma_max", "sigma_start": 80}'):
+        assert parse_line(line, 'f: ') == {'prompt': 'x', 'regime': 'sigma_max', 'sigma_start': 80}
     for line, message in [('{"prompt": "x", "steps": 0}', 'f: steps (--steps) must be an integer in [1, 10000]'),
                           ('{"prompt": "x", "sampler": "euler_a"}', 'f: sampler (--sampler) must be one of'),
                           ('{"prompt": "x", "sede": 1}', "f: unknown key 'sede' (did you mean 'seed'?)"),

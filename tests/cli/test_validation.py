@@ -83,6 +83,16 @@ def test_size_limits_after_load(tmp_path, capsys, no_sampling):
     expect_error(['sample', 'x', '--out', tmp_path, '--width', '33'], 'multiples of', capsys)
 
 
+def test_regime_errors_name_the_options(tmp_path, capsys, no_sampling):
+    """The library's regime / sigma_start are the command line's --ztsnr / --sigma-max."""
+    expect_error(['sample', 'x', '--out', tmp_path, '--ztsnr', 'sigma_max'],
+                 '--ztsnr sigma_max needs a finite positive sigma_start (--sigma-max), got none', capsys)
+    prompts = tmp_path / 'p.jsonl'
+    prompts.write_text('{"prompt": "x", "ztsnr": "finite"}\n')      # the earlier key, as a prompt file may say
+    expect_error(['sample', '--prompt-file', prompts, '--out', tmp_path / 'o'],
+                 ['line 1: regime (--ztsnr) must be one of exact, clamp, sigma_max', "'finite'"], capsys)
+
+
 def png_with(path, text: dict, mode='RGB', size=(32, 32), alpha=None):
     info = PngImagePlugin.PngInfo()
     for k, v in text.items():
@@ -100,6 +110,8 @@ def png_with(path, text: dict, mode='RGB', size=(32, 32), alpha=None):
     ({'prompt': 'x', 'width': 10 ** 7}, ['width', '[1, 8192]']),
     ({'prompt': 'x', 'sampler': 'rm -rf'}, ['sampler', 'one of']),
     ({'prompt': 3}, ['prompt', 'string']),
+    ({'prompt': 'x', 'ztsnr': 'finite'}, ['regime (--ztsnr) must be one of exact, clamp, sigma_max', "'finite'"]),
+    ({'prompt': 'x', 'sigma_max': -1.}, ['sigma_start (--sigma-max) must be a finite number in [0.001, 100000]']),
 ])
 def test_from_image_metadata_validated_like_options(meta, match, tmp_path, capsys, no_model):
     src = png_with(tmp_path / 'm.png', {'Comment': json.dumps(meta)})

@@ -23,13 +23,13 @@ def test_no_schedule_ends_in_one_wide_low_sigma_step(kind, exact):
     # only 'recommended' reads the sampler; the named schedules are built once (checked below that it is so)
     samplers = SAMPLER_NAMES if kind == 'recommended' else SAMPLER_NAMES[:1]
     for n in (3, 12) if kind != 'recommended' else ():
-        assert torch.equal(P.sigmas_from_inf(exact, kind, n, sampler='euler', side=32),
-                           P.sigmas_from_inf(exact, kind, n, sampler='dpmpp_2m_sde', side=32))
+        assert torch.equal(P.sigmas(exact, kind, n, sampler='euler', side=32),
+                           P.sigmas(exact, kind, n, sampler='dpmpp_2m_sde', side=32))
     seen = set()
     for sampler in samplers:
         for steps in range(2, 101):
             for side in sides:
-                s = P.sigmas_from_inf(exact, kind, steps, sampler=sampler, side=side)
+                s = P.sigmas(exact, kind, steps, sampler=sampler, side=side)
                 key = tuple(s.tolist())
                 if key in seen:
                     continue

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from benchmarks.defaults import brightness
-from kdiff_ztsnr.generation.generate import generate, make_sigmas
+from kdiff_ztsnr import schedule_policy
+from kdiff_ztsnr.generation.generate import generate
 from kdiff_ztsnr.generation.lookup import load_pipeline
 from kdiff_ztsnr.generation.params import SAMPLER_NAMES, GenerationParams
 
@@ -29,7 +30,7 @@ def pipe():
 @pytest.mark.parametrize('sampler,steps', CASES)
 def test_default_schedule_reaches_black_and_white(pipe, sampler, steps):
     """CFG 5, seeds 0 and 1 per prompt, both prompts in one batch, `steps` of 'recommended' on its canvas."""
-    sigmas = make_sigmas(pipe.denoiser(), 'recommended', steps, sampler=sampler, side=32, base_side=32)
+    sigmas = schedule_policy.sigmas(pipe.denoiser(), 'recommended', steps, sampler=sampler, side=32, base_side=32)
     b = brightness(pipe, sampler, sigmas, PROMPTS, SEEDS, 5., 32)
     assert b[:2].mean() < 0.05 and b[2:].mean() > 0.95, (sampler, steps, b.tolist())
 
@@ -37,7 +38,7 @@ def test_default_schedule_reaches_black_and_white(pipe, sampler, steps):
 def test_the_batched_check_is_what_generate_samples(pipe):
     """The batch above equals `generate` run once per prompt with the default schedule (n_samples=2)."""
     sampler = 'dpmpp_2m_sde'                  # per-sample Brownian noise: the strictest case for batching
-    sigmas = make_sigmas(pipe.denoiser(), 'recommended', 6, sampler=sampler, side=32, base_side=32)
+    sigmas = schedule_policy.sigmas(pipe.denoiser(), 'recommended', 6, sampler=sampler, side=32, base_side=32)
     b = brightness(pipe, sampler, sigmas, PROMPTS, SEEDS, 5., 32)
     ref = torch.cat([((generate(pipe, GenerationParams(prompt=p, steps=6, n_samples=2, sampler=sampler)) + 1) / 2)
                      .mean(dim=(1, 2, 3)) for p in ('completely black', 'completely white')]).double()

@@ -40,7 +40,7 @@ def per_step(pipe, **params) -> tuple[dict, SyncCounter]:
 
 @embedded
 @pytest.mark.parametrize('params', [{}, {'sampler': 'dpmpp_2m'}, {'sampler': 'dpmpp_2m_sde'},
-                                    {'sampler': 'euler_ancestral', 'cfg_rescale': 0.7, 'ztsnr': 'clamp'}])
+                                    {'sampler': 'euler_ancestral', 'cfg_rescale': 0.7, 'regime': 'clamp'}])
 def test_no_host_sync_per_step(pipe, params):
     steps, at_4 = per_step(pipe, **params)
     package = {k: v for k, v in steps.items() if k[0] == 'package'}

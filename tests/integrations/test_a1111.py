@@ -44,8 +44,8 @@ def test_infotext_has_the_fields_a1111_and_civitai_read(tmp_path):
         assert 'Schedule type' not in text and f'ZTSNR schedule: {name},' in text
     for name, a1111 in [('dpmpp_2m', 'DPM++ 2M'), ('dpmpp_2m_sde', 'DPM++ 2M SDE'), ('euler', 'Euler')]:
         assert f'Sampler: {a1111},' in a1111_text({**p, 'sampler': name})
-    weird = a1111_text({**p, 'model': 'embedded', 'ztsnr': 'a: b, c'})         # quoted as A1111 does
-    assert parse_a1111(weird)['ztsnr'] == 'a: b, c' and parse_a1111(weird)['model'] == 'embedded'
+    weird = a1111_text({**p, 'model': 'embedded', 'regime': 'a: b, c'})         # quoted as A1111 does
+    assert parse_a1111(weird)['regime'] == 'a: b, c' and parse_a1111(weird)['model'] == 'embedded'
 
 
 def test_reads_forge_infotext():
@@ -143,8 +143,8 @@ ROUND_TRIPS = [
                      cfg_rescale=0.7, seed=3141592653, width=832, height=1216, sampler='dpmpp_2m_sde',
                      noise_schedule='karras', eta=0.5, strength=0.4),                              # img2img
     GenerationParams(prompt='line one\nline two', uc='neg one\nneg two', sampler='euler', noise_schedule='trailing',
-                     ztsnr='sigma_max', sigma_max=136., resolution_aware=False, n_samples=3, seed=7),
-    GenerationParams(prompt='x', sampler='dpm_2_ancestral', noise_schedule='native', ztsnr='clamp', scale=0.),
+                     regime='sigma_max', sigma_start=136., resolution_aware=False, n_samples=3, seed=7),
+    GenerationParams(prompt='x', sampler='dpm_2_ancestral', noise_schedule='native', regime='clamp', scale=0.),
 ]
 
 
@@ -157,7 +157,7 @@ def test_package_png_read_by_a1111_rules_gives_back_every_field(p, tmp_path):
     a = a1111_reads(text)
     want = {'Prompt': p.prompt, 'Negative prompt': p.uc, 'Steps': str(p.steps), 'CFG scale': str(p.scale),
             'Seed': str(p.seed), 'Size-1': str(p.width), 'Size-2': str(p.height), 'Model': p.model,
-            'CFG rescale': str(p.cfg_rescale), 'ZTSNR': p.ztsnr, 'Batch size': str(p.n_samples),
+            'CFG rescale': str(p.cfg_rescale), 'ZTSNR': p.regime, 'Batch size': str(p.n_samples),
             'Resolution-aware sigma': str(p.resolution_aware), 'RNG': 'CPU', 'Noise Schedule': 'Zero Terminal SNR'}
     assert {k: a.get(k) for k in want} == want
     assert a['Sampler'] in A1111_SAMPLER_LABELS
@@ -165,7 +165,7 @@ def test_package_png_read_by_a1111_rules_gives_back_every_field(p, tmp_path):
     assert ('Schedule type' in a) != ('ZTSNR schedule' in a)
     assert a.get('Denoising strength') == (str(p.strength) if p.strength < 1 else None)    # none on txt2img
     assert a.get('Eta') == (None if p.eta is None else str(p.eta))
-    assert a.get('Sigma max') == (None if p.sigma_max is None else str(p.sigma_max))
+    assert a.get('Sigma max') == (None if p.sigma_start is None else str(p.sigma_start))
     assert 'None' not in a.values()
     assert float(a['Steps']) == p.steps and float(a['CFG scale']) == p.scale    # A1111's paste casts
     info = PngImagePlugin.PngInfo()                                      # only the A1111 chunk: the package reads it

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdiff_ztsnr import schedules
+from kdiff_ztsnr import schedule_policy, schedules
 from kdiff_ztsnr.guidance import CFGDenoiser
-from kdiff_ztsnr.integrations import schedule_sigmas
 from kdiff_ztsnr.integrations.comfyui import sampler as comfy_sampler
 from kdiff_ztsnr.oracle import ConditionalMixture, brightness_dataset, exact_model
 from kdiff_ztsnr.sampling import SAMPLERS, BrownianTreeNoiseSampler
@@ -91,7 +90,7 @@ def test_pack_exports_and_pyproject(pack):
 def test_sigmas_node_is_the_packages_schedule(comfy, oracle, pack, kind):
     patcher, _ = comfy_model(comfy, oracle)
     (sigmas,) = pack.NODE_CLASS_MAPPINGS['KDiffZTSNRSigmas']().get_sigmas(patcher, kind, 10, 1.)
-    want = schedule_sigmas(exact_model(oracle), kind, 10)
+    want = schedule_policy.sigmas(exact_model(oracle), kind, 10)
     assert len(sigmas) == 11 and sigmas[-1] == 0 and math.isinf(want[0])
     assert abs(sigmas[0].item() - schedules.COMFY_SIGMA_MAX) < 1e-2      # ∞, written as ComfyUI's top σ
     torch.testing.assert_close(sigmas[1:], want[1:], rtol=2e-6, atol=0)  # the model's float32 table

@@ -23,7 +23,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from kdiff_ztsnr.generation.generate import generate, make_sigmas
+from kdiff_ztsnr import schedule_policy
+from kdiff_ztsnr.generation.generate import generate
 from kdiff_ztsnr.generation.params import GenerationParams
 from kdiff_ztsnr.integrations.comfyui import sampler as pack_sampler
 from kdiff_ztsnr.models.sdxl import load_sdxl
@@ -192,7 +193,7 @@ def test_comfyui_loads_pack_and_detects_the_tiny_sdxl(host):
 def test_sigmas_node_is_generates_schedule_for_the_sampler(host, sampler):
     model = zsnr_model(host)
     (sigmas,) = run(host, host.N['KDiffZTSNRSigmas']().get_sigmas, model, 'recommended', STEPS, 1., sampler)
-    want = make_sigmas(host.pipe.denoiser(), 'recommended', STEPS, sampler=sampler)
+    want = schedule_policy.sigmas(host.pipe.denoiser(), 'recommended', STEPS, sampler=sampler)
     assert math.isinf(want[0]) and sigmas[0].item() == pytest.approx(4518.76, rel=1e-5)
     # the pack reads ComfyUI's own σ table (float32, from its betas): σ_min differs from the package's by 6e-5
     torch.testing.assert_close(sigmas[1:], want[1:].float(), rtol=1e-4, atol=0)

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from kdiff_ztsnr import schedules
-from kdiff_ztsnr.integrations import SCHEDULES, schedule_sigmas, table_denoiser
+from kdiff_ztsnr import schedule_policy, schedules
+from kdiff_ztsnr.integrations import SCHEDULES, table_denoiser
 from kdiff_ztsnr.integrations.comfyui import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, nodes
 from kdiff_ztsnr.integrations.comfyui.sampler import SCHEDULE_SAMPLERS, sampler_options
 
@@ -49,7 +49,7 @@ def test_sigmas_node_is_the_schedule_with_infinity_as_the_top(comfy):
     model = table_denoiser(schedules.ztsnr_alphas_cumprod())
     for schedule in ('karras', 'recommended'):
         (sigmas,) = nodes.ZTSNRSigmas().get_sigmas(patcher, schedule, 6, 1., 'dpmpp_2m')
-        want = schedule_sigmas(model, schedule, 6, 'dpmpp_2m')
+        want = schedule_policy.sigmas(model, schedule, 6, sampler='dpmpp_2m')
         assert math.isinf(want[0]) and sigmas.dtype == torch.float32 and len(sigmas) == 7
         assert sigmas[0].item() == float(base.model_sampling.sigma_max)            # ∞ written as the top σ
         torch.testing.assert_close(sigmas[1:], want[1:].float(), rtol=1e-5, atol=0)

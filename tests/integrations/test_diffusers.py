@@ -15,10 +15,10 @@ pytest.importorskip('diffusers')
 
 from kdiff_ztsnr.generation import generate as gen  # noqa: E402
 from kdiff_ztsnr.generation.params import GenerationParams  # noqa: E402
-from kdiff_ztsnr import schedules  # noqa: E402
+from kdiff_ztsnr import schedule_policy, schedules  # noqa: E402
 from kdiff_ztsnr.denoisers import DiscreteVDenoiser  # noqa: E402
 from kdiff_ztsnr.img2img import img2img_start  # noqa: E402
-from kdiff_ztsnr.integrations import SCHEDULES, STEP_SAMPLERS, schedule_sigmas, table_denoiser  # noqa: E402
+from kdiff_ztsnr.integrations import SCHEDULES, STEP_SAMPLERS  # noqa: E402
 from kdiff_ztsnr.integrations.diffusers import ZTSNRScheduler  # noqa: E402
 from kdiff_ztsnr.oracle import brightness_dataset, exact_model  # noqa: E402
 from kdiff_ztsnr.sampling import SAMPLERS  # noqa: E402
@@ -35,9 +35,11 @@ def scheduler(**kw) -> ZTSNRScheduler:
 @pytest.mark.parametrize('kind', SCHEDULES)
 def test_schedules_are_the_packages(kind):
     model = DiscreteVDenoiser(torch.nn.Identity(), schedules.ztsnr_alphas_cumprod())
-    want = gen.make_sigmas(model, kind, 9)
+    want = schedule_policy.sigmas(model, kind, 9, sampler='euler_ancestral')
     assert math.isinf(want[0])
-    assert torch.equal(schedule_sigmas(table_denoiser(schedules.ztsnr_alphas_cumprod()), kind, 9), want)
+    s = scheduler(schedule=kind, sampler='euler_ancestral')
+    s.set_timesteps(9)
+    assert torch.equal(s.sigmas, want.float())
 
 
 def test_from_config_and_first_timestep():
@@ -79,7 +81,7 @@ def test_step_equals_package_sampler_on_exact_oracle(sampler, kind):
     seed, steps = 3, 7
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(2, 4, 8, 8, generator=g)
-    sigmas = gen.make_sigmas(model, kind, steps)
+    sigmas = schedule_policy.sigmas(model, kind, steps)
     kw = {'noise_sampler': lambda a, b: torch.randn(noise.shape, generator=g)} if sampler == 'euler_ancestral' else {}
     want = SAMPLERS[sampler](model, noise, sigmas, disable=True, **kw)
     model.inner_model.calls = 0
@@ -175,7 +177,7 @@ def test_sdxl_img2img_pipeline_equals_package(tiny, strength):
                    guidance_scale=5., guidance_rescale=0.7, output_type='latent',
                    generator=torch.Generator().manual_seed(seed)).images
         noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
-        x, sigmas = img2img_start(x0, noise, schedule_sigmas(tiny.denoiser(), 'karras', steps), strength)
+        x, sigmas = img2img_start(x0, noise, schedule_policy.sigmas(tiny.denoiser(), 'karras', steps), strength)
         assert math.isinf(sigmas[0]) == (strength == 1.)
         size = tiny.size_cond(64, 64, 1)
         cond = {'cond': {**tiny.encode_prompts(['a cat']), **size},

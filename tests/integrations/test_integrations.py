@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kdiff_ztsnr import schedule_policy, schedules
-from kdiff_ztsnr.integrations import SCHEDULES, STEP_SAMPLERS, schedule_sigmas, table_denoiser
+from kdiff_ztsnr.integrations import SCHEDULES, STEP_SAMPLERS, table_denoiser
 from kdiff_ztsnr.sampling import SAMPLERS
 
 
@@ -31,7 +31,7 @@ def test_table_denoiser_is_the_table_without_a_network():
 def test_schedules_run_from_the_top_to_zero(kind, steps):
     for ac, top in [(schedules.ztsnr_alphas_cumprod(), math.inf),
                     (schedules.sdxl_alphas_cumprod(), schedules.SDXL_SIGMA_MAX)]:
-        sigmas = schedule_sigmas(table_denoiser(ac), kind, steps)
+        sigmas = schedule_policy.sigmas(table_denoiser(ac), kind, steps)
         assert len(sigmas) == steps + 1 and sigmas[-1] == 0, (kind, sigmas)      # `steps` model calls
         assert sigmas[0].item() == pytest.approx(top, rel=1e-6)
         assert (sigmas[1:] < sigmas[:-1]).all(), (kind, sigmas)
@@ -41,7 +41,7 @@ def test_recommended_for_each_step_sampler_depends_on_the_canvas_relative_to_the
     model = table_denoiser(schedules.ztsnr_alphas_cumprod())
     for sampler in STEP_SAMPLERS:
         for side in (None, 1024, 2048):
-            got = schedule_sigmas(model, 'recommended', 8, sampler=sampler, side=side, base_side=1024)
+            got = schedule_policy.sigmas(model, 'recommended', 8, sampler=sampler, side=side, base_side=1024)
             assert len(got) == 9 and math.isinf(got[0]) and got[-1] == 0 and (got[1:] < got[:-1]).all()
-        assert torch.equal(schedule_sigmas(model, 'recommended', 8, sampler=sampler, side=1024, base_side=1024),
-                           schedule_sigmas(model, 'recommended', 8, sampler=sampler, side=512, base_side=512))
+        assert torch.equal(schedule_policy.sigmas(model, 'recommended', 8, sampler=sampler, side=1024, base_side=1024),
+                           schedule_policy.sigmas(model, 'recommended', 8, sampler=sampler, side=512, base_side=512))

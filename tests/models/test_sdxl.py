@@ -171,7 +171,7 @@ def test_sample_end_to_end_from_infinity(saved):
     assert torch.equal(a, sample(saved['from_file'], seed=1))          # deterministic with a seed
     assert torch.equal(a, sample(saved['from_folder'], seed=1))        # same weights, same image
     assert not torch.equal(a, sample(saved['from_file'], seed=2))
-    for regime in ({'ztsnr': 'clamp'}, {'ztsnr': 'sigma_max', 'sigma_max': 200.}):
+    for regime in ({'regime': 'clamp'}, {'regime': 'sigma_max', 'sigma_start': 200.}):
         out = sample(saved['from_file'], seed=1, sampler='euler_ancestral', steps=2, **regime)
         assert torch.isfinite(out).all()
 
@@ -180,7 +180,7 @@ def test_as_pipeline(saved):
     p = load_pipeline(saved['folder'])
     assert (p.factor, p.size_multiple, p.channels, p.base_side) == (8, 8, 4, 1024)
     assert p.size_cond(96, 64, 2)['add_time_ids'].tolist() == [[64., 96., 0., 0., 64., 96.]] * 2
-    assert math.isinf(p.denoiser().sigmas[-1]) and p.denoiser(sigma_max=20000.).sigmas[-1] == 20000.
+    assert math.isinf(p.denoiser().sigmas[-1]) and p.denoiser(clamp=20000.).sigmas[-1] == 20000.
 
 
 # ------------------------------------------------------------------------------------------- errors

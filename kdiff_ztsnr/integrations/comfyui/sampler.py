@@ -20,8 +20,9 @@ import torch
 from torch import Tensor
 
 # Absolute imports: ComfyUI loads this folder as a top-level package (custom_nodes/<name>), not as a subpackage.
+from kdiff_ztsnr import schedule_policy
 from kdiff_ztsnr.guidance import v_from_denoised
-from kdiff_ztsnr.integrations import schedule_sigmas, table_denoiser
+from kdiff_ztsnr.integrations import table_denoiser
 from kdiff_ztsnr.sampling import SAMPLERS, BrownianTreeNoiseSampler
 
 ZTSNR_MIN_TOP = 1000.          # a model_sampling whose top σ is at least this is a clamped ZTSNR table
@@ -162,13 +163,13 @@ def comfy_sigmas(model_sampling: Any, schedule: str, steps: int, denoise: float 
                  sampler: Optional[str] = None) -> Tensor:
     """The package's schedule as a ComfyUI SIGMAS tensor: ∞ is written as the model's top σ (ComfyUI scales
     the noise by sigmas[0]; the exact sampler reads its top σ as ∞). denoise < 1 keeps the last steps + 1;
-    'recommended' is the one `generate` uses for `sampler` (schedule_policy)."""
+    'recommended' is the one `generate` uses for `sampler` (schedule_policy.sigmas)."""
     if not 0. < denoise <= 1.:
         raise ValueError(f'denoise must lie in (0, 1], got {denoise}')
     check_ztsnr_v(model_sampling)
     total = steps if denoise >= 1. else int(steps / denoise)
-    sigmas = schedule_sigmas(table_denoiser(exact_table(model_sampling)), schedule, total,
-                             sampler)[-(steps + 1):].clone()
+    sigmas = schedule_policy.sigmas(table_denoiser(exact_table(model_sampling)), schedule, total,
+                                    sampler=sampler)[-(steps + 1):].clone()
     if math.isinf(sigmas[0]):
         sigmas[0] = float(model_sampling.sigma_max)
     return sigmas.float()
