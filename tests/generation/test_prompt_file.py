@@ -6,7 +6,7 @@ import pytest
 
 from kdiff_ztsnr.errors import ParamError
 from kdiff_ztsnr.generation import prompt_file as P
-from kdiff_ztsnr.generation.params import FIELDS
+from kdiff_ztsnr.generation.params import FIELDS, OLD_NAMES
 
 
 def test_plain_and_json_lines():
@@ -16,7 +16,7 @@ def test_plain_and_json_lines():
         {'prompt': 'x', 'uc': 'z', 'width': 16, 'height': 32, 'noise_schedule': 'karras', 'n_samples': 2, 'seed': 5,
          'steps': 3}                                          # aliases to FIELDS keys; the later key wins
     assert P.parse_line('{"prompt": "", "size": [8, 24]}', '') == {'prompt': '', 'width': 8, 'height': 24}
-    assert set(P.KEYS) == {*FIELDS, 'negative', 'schedule', 'n', 'size'} and P.KEYS == sorted(P.KEYS)
+    assert set(P.KEYS) == {*FIELDS, *OLD_NAMES, 'negative', 'schedule', 'n', 'size'} and P.KEYS == sorted(P.KEYS)
 
 
 @pytest.mark.parametrize('line, message', [
