@@ -17,12 +17,12 @@ against 1000 steps and printed): RMS error per latent element and the fraction o
 the same mode as the reference.
 
 ``--model embedded`` (or a trainer checkpoint directory): the trained pixel-space model instead
-(``trained.TrainedSubject``, sampled as ``generate`` samples it, same seeds for every schedule). Schedules
+(``subjects.TrainedSubject``, sampled as ``generate`` samples it, same seeds for every schedule). Schedules
 (``--schedules``): native, karras ρ=7, exponential (the package's ``make_sigmas``: ∞ then the ramp from the
 largest finite table σ, 2254.24) and polyexponential ρ=2 (``make_sigmas``'s polyexponential has ρ=1, which
 is the exponential schedule); prompts "completely black"/"completely white" at CFG ``--scales`` (default 5)
 and '' at scale 1. Metrics: brightness bias, spread, W1 brightness and W1 colour to the training images of
-the prompt (trained.py). Writes schedules_NAME.{md,json,png}.
+the prompt (subjects.TrainedSubject.measure). Writes schedules_NAME.{md,json,png}.
 """
 
 import argparse
@@ -32,10 +32,9 @@ import time
 import torch
 
 from benchmarks import common
-from kdiff_ztsnr import oracle
 from benchmarks.common import md_table
-
-from kdiff_ztsnr import sampling, schedules
+from benchmarks.subjects import ConditionalMixture, subject_and_tasks
+from kdiff_ztsnr import oracle, sampling, schedules
 from kdiff_ztsnr.oracle import brightness_dataset
 
 SIGMA_MIN = 0.029167      # the table's smallest sigma (SDXL and ZTSNR share it)
@@ -79,7 +78,7 @@ def reference_solve(denoise, noise, steps, top=1e6):
 
 def evaluate(subject_name, s, images, specs, nfes, samplers, n_samples, ref_steps, log, seed=0):
     space = common.ReducedSpace(images, extra=16 if s > 0 else 0)
-    mix = oracle.ConditionalMixture(space.coords, [list(range(space.k))], s)
+    mix = ConditionalMixture(space.coords, [list(range(space.k))], s)
     model = oracle.exact_model(mix)
     data_b = space.brightness(space.coords)
     uniform = torch.full((space.k,), 1. / space.k, dtype=torch.float64)
@@ -178,7 +177,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--smoke', action='store_true')
     p.add_argument('--model', default='oracle', help="'oracle' (exact closed-form subjects), 'embedded' or a "
-                   'trainer checkpoint directory (see trained.py)')
+                   'trainer checkpoint directory (see subjects.TrainedSubject)')
     p.add_argument('--schedules', nargs='+', default=None,
                    help='model: schedules to compare (default native, karras ρ=7, exponential, polyexp ρ=2)')
     p.add_argument('--scales', type=float, nargs='+', default=[5.], help='model: CFG scales for the solid prompts')
@@ -254,7 +253,6 @@ def model_specs(names, sigma_top, sampler=None):
 
 
 def main_trained(a):
-    from benchmarks import trained
     samplers = a.samplers or ['euler_ancestral']
     names = a.schedules or MODEL_SCHEDULES
     n = a.samples or 32
@@ -264,7 +262,7 @@ def main_trained(a):
     n_u = a.uncond_samples or n
     out = common.out_dir(a.out)
     t0 = time.perf_counter()
-    subject, tasks, floors = trained.subject_and_tasks(a.model, n, n_u, a.scales)
+    subject, tasks, floors = subject_and_tasks(a.model, n, n_u, a.scales)
     model = subject.denoiser()
     specs = model_specs(names, float(model.sigma_max_finite), samplers[0])
     print(f'schedules: {subject.describe()}; {n} samples per solid prompt, {n_u} for \'\', NFE {nfes}, '
@@ -284,7 +282,7 @@ def main_trained(a):
                     raw.append({'nfe': nfe, 'schedule': name, 'sigma1': float(sigmas[1]), 'sampler': sampler,
                                 'prompt': t.prompt, 'scale': t.scale, 'n': t.n, **m})
         print(f'  NFE {nfe} done ({time.perf_counter() - t1:.0f}s)')
-    table = f'Model: {subject.describe()}\n\n' + trained.metric_table(rows, ['NFE', 'schedule', 'σ₁', 'sampler'],
+    table = f'Model: {subject.describe()}\n\n' + common.metric_table(rows, ['NFE', 'schedule', 'σ₁', 'sampler'],
                                                                        tasks, records, floors)
     rank = {}
     for name in specs:

@@ -166,6 +166,7 @@ def train_latent(work: Path) -> Path:
     """train_sdxl --part c's ε → v run for LATENT_STEPS steps (its VAE fitted first), cached."""
     from safetensors.torch import load_file, save_file
     from benchmarks import train_sdxl
+    from benchmarks.subjects import tiny_sdxl_pipeline
     from kdiff_ztsnr.models import sdxl
     from kdiff_ztsnr.training import Trainer
     from kdiff_ztsnr.training.data.synthetic import make_synthetic_dataset
@@ -173,7 +174,7 @@ def train_latent(work: Path) -> Path:
     root = make_synthetic_dataset(work / 'latent_data', 64, [[64, 64]], 0, 0.5)
     vae, _ = train_sdxl.fit_vae(root, LATENT_VAE_STEPS)
     eps = work / 'latent_eps.safetensors'
-    sdxl.save_single_file(train_sdxl.tiny_pipeline(vae), eps)
+    sdxl.save_single_file(tiny_sdxl_pipeline(vae), eps)
     save_file({k: v for k, v in load_file(str(eps)).items() if k not in ('v_pred', 'ztsnr')}, str(eps))
     train_sdxl.reset_accelerate()
     Trainer(latent_config(work)).run()

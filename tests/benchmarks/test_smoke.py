@@ -93,8 +93,8 @@ def test_benchmark_smoke_trained_model(name, tiny_checkpoint, tmp_path, capsys):
 
 def test_trained_reference_data():
     """The metrics' reference: the embedded config's training images, rendered from their captions."""
-    trained = load('trained')
-    caps, colours = trained.training_colours({'n': 300, 'sizes': [[8, 8]], 'seed': 0, 'solid_fraction': 0.3})
+    subjects = load('subjects')
+    caps, colours = subjects.training_colours({'n': 300, 'sizes': [[8, 8]], 'seed': 0, 'solid_fraction': 0.3})
     black = colours[[c == 'completely black' for c in caps]]
     white = colours[[c == 'completely white' for c in caps]]
     assert len(black) and len(white) and black.abs().max() == 0 and (white == 1).all()
@@ -119,9 +119,9 @@ def test_schedule_study_smoke(search, tmp_path, capsys):
 def test_perfect_sampler_floor_is_met_by_data_draws():
     """The floors are what i.i.d. data draws score: ~90 % of fresh draws fall under the p90."""
     import torch
-    study = load('schedule_study')
-    subj = study.subjects((4, 8, 8))[1]
-    ref = study.Reference(subj, 256, trials=200)
+    subjects = load('subjects')
+    subj = subjects.study_subjects((4, 8, 8))[1]
+    ref = subjects.PerfectSampler(subj, 256, trials=200)
     g = torch.Generator().manual_seed(123)
     below = sum(ref.stats(subj.draw(256, g))['w1'] <= ref.floor['w1'] for _ in range(100))
     assert 75 <= below <= 99

@@ -20,7 +20,8 @@ from kdiff_ztsnr import schedules
 from kdiff_ztsnr.guidance import CFGDenoiser
 from kdiff_ztsnr.integrations import schedule_sigmas
 from kdiff_ztsnr.integrations.comfyui import sampler as comfy_sampler
-from kdiff_ztsnr.oracle import ConditionalMixture, brightness_dataset, exact_model
+from benchmarks.subjects import ConditionalMixture
+from kdiff_ztsnr.oracle import brightness_dataset, exact_model
 from kdiff_ztsnr.sampling import SAMPLERS, BrownianTreeNoiseSampler
 
 STANDIN = Path(__file__).parent / 'comfy_standin'
