@@ -30,12 +30,14 @@ import torch
 from torch import Tensor
 
 from kdiff_ztsnr.oracle import exact_model, mixture_denoiser
+from kdiff_ztsnr.schedules import sigmas_from_alphas_cumprod, ztsnr_alphas_cumprod
 
 
 warnings.filterwarnings('ignore', message='Should have tb<=t1')  # torchsde float32 round-off in k-diffusion
 
 RESULTS = Path(__file__).resolve().parent / 'results'
 INF = math.inf
+ZTSNR_TOP = float(sigmas_from_alphas_cumprod(ztsnr_alphas_cumprod())[-2])   # the table's largest finite σ, 2254.24
 
 
 # ---------------------------------------------------------------------------------------------- machine, io

@@ -73,8 +73,7 @@ SAMPLERS = ['euler', 'euler_ancestral', 'dpmpp_2m', 'dpmpp_2m_sde']
 def regime_sigmas(regime: Regime, model, steps: int, mode: str = 'truncate') -> torch.Tensor:
     """The schedule a regime samples with (see the module docstring)."""
     if mode == 'karras':                        # Karras ρ=7 down from σ₀ (from the top finite σ after ∞)
-        sigma_min, top = float(model.sigmas[0]), float(schedules.sigmas_from_alphas_cumprod(
-            schedules.ztsnr_alphas_cumprod())[-2])                           # 2254.24, whatever the clamp
+        sigma_min, top = float(model.sigmas[0]), common.ZTSNR_TOP         # 2254.24, whatever the clamp
         if math.isinf(regime.sigma):
             return schedules.get_sigmas_karras(steps, sigma_min, top, 7.)
         if regime.sigma > top:                   # [σ₀] + the same ramp as from ∞: only the start differs

@@ -75,7 +75,7 @@ def search_specs(tops=(100., 250., 500., 1000., 1500., None, 5000., 20000.),
     out = {}
     for top in tops:
         fams = [('karras', r) for r in rhos] + [('kl_optimal', 7.), ('exponential', 7.)]
-        for fam, rho in fams + ([('beta', 7.)] if top is None or top < 2254 else []):
+        for fam, rho in fams + ([('beta', 7.)] if top is None or top < common.ZTSNR_TOP else []):
             spec = schedule_policy.Spec(fam, top, rho)
             out[spec.label] = lambda m, n, sm, sp=spec: schedule_policy.build(m, sp, n)
     return out

@@ -34,30 +34,30 @@ import torch
 from benchmarks import common
 from benchmarks.common import md_table
 from benchmarks.subjects import ConditionalMixture, subject_and_tasks
-from kdiff_ztsnr import oracle, sampling, schedules
+from kdiff_ztsnr import oracle, sampling, schedule_policy, schedules
 from kdiff_ztsnr.oracle import brightness_dataset
-
-SIGMA_MIN = 0.029167      # the table's smallest sigma (SDXL and ZTSNR share it)
-
 
 def native_sigma1(model, n):
     return float(model.get_sigmas(n)[1])
 
 
-def schedule_specs(sigma_top: float) -> dict:
-    """name -> f(model, n) giving an n-step schedule [∞, …, 0]."""
-    k, e, pe = schedules.get_sigmas_karras, schedules.get_sigmas_exponential, schedules.get_sigmas_polyexponential
+def schedule_specs() -> dict:
+    """name -> f(model, n) giving an n-step schedule [∞, …, 0]: the package's families (schedule_policy.Spec,
+    built by schedule_policy.build: σ_min and the top σ from the model's table), native's own ramp, and
+    polyexponential ρ=2 (the package's polyexponential has ρ=1, which is the exponential schedule)."""
+    build, spec = schedule_policy.build, schedule_policy.Spec
     return {
         'native': lambda m, n: m.get_sigmas(n),
-        'karras ρ=7': lambda m, n: k(n, SIGMA_MIN, sigma_top, 7.),
-        'exponential': lambda m, n: e(n, SIGMA_MIN, sigma_top),
-        'polyexp ρ=2': lambda m, n: pe(n, SIGMA_MIN, sigma_top, 2.),
+        'karras ρ=7': lambda m, n: build(m, spec('karras'), n),
+        'exponential': lambda m, n: build(m, spec('exponential'), n),
+        'polyexp ρ=2': lambda m, n: schedules.get_sigmas_polyexponential(
+            n, float(m.sigmas[0]), float(m.sigma_max_finite), 2.),
         # designed: keep native's σ₁ (first finite σ), change the ramp below it
-        'karras ρ=7, σ₁=native': lambda m, n: k(n, SIGMA_MIN, native_sigma1(m, n), 7.),
-        'karras ρ=5': lambda m, n: k(n, SIGMA_MIN, sigma_top, 5.),
+        'karras ρ=7, σ₁=native': lambda m, n: build(m, spec('karras', native_sigma1(m, n)), n),
+        'karras ρ=5': lambda m, n: build(m, spec('karras', rho=5.), n),
         # designed: native's ramp, but the first finite σ at ≥ 300 (≈ √d of this canvas; A.2's 136–317)
         'native, σ₁≥300': lambda m, n: native_high_start(m, n, 300.),
-        'exponential σ₁=300': lambda m, n: e(n, SIGMA_MIN, 300.),
+        'exponential σ₁=300': lambda m, n: build(m, spec('exponential', 300.), n),
     }
 
 
@@ -68,9 +68,10 @@ def native_high_start(model, n, sigma_1):
     return torch.cat([torch.tensor([math.inf, s1]), nat])
 
 
-def reference_solve(denoise, noise, steps, top=1e6):
-    """Probability-flow ODE from ∞ on the raw σ-exact denoiser, float64, dpmpp_2m on log-spaced sigmas."""
-    sig = torch.cat([torch.tensor([math.inf]), torch.logspace(math.log10(top), math.log10(SIGMA_MIN), steps - 1,
+def reference_solve(denoise, noise, steps, sigma_min, top=1e6):
+    """Probability-flow ODE from ∞ on the raw σ-exact denoiser, float64, dpmpp_2m on log-spaced sigmas down to
+    sigma_min (the table's smallest σ)."""
+    sig = torch.cat([torch.tensor([math.inf]), torch.logspace(math.log10(top), math.log10(sigma_min), steps - 1,
                                                               dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
     model = lambda x, s, **kw: denoise(x, s, None)  # noqa: E731
     return sampling.sample_dpmpp_2m(model, noise.double(), sig, disable=True)
@@ -84,8 +85,8 @@ def evaluate(subject_name, s, images, specs, nfes, samplers, n_samples, ref_step
     uniform = torch.full((space.k,), 1. / space.k, dtype=torch.float64)
     noise = space.noise(n_samples, seed)
     t0 = time.perf_counter()
-    ref = reference_solve(mix, noise, ref_steps)
-    ref_half = reference_solve(mix, noise, ref_steps // 2)
+    ref = reference_solve(mix, noise, ref_steps, float(model.sigmas[0]))
+    ref_half = reference_solve(mix, noise, ref_steps // 2, float(model.sigmas[0]))
     ref_err = (space.sq_error(ref, ref_half) / space.d).mean().sqrt().item()
     ref_modes = space.nearest(ref)
     ref_counts = torch.bincount(ref_modes, minlength=space.k)
@@ -206,7 +207,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     images = brightness_dataset(k=16, shape=(4, *a.latent))
     sigma_top = float(oracle.exact_model(lambda x, s, c: x).sigma_max_finite)
-    specs = schedule_specs(sigma_top)
+    specs = schedule_specs()
     print(f'schedules: k=16, latent 4×{a.latent[0]}×{a.latent[1]}, {a.samples} samples, NFE {a.nfe}, '
           f'σ_max for karras/exp = {sigma_top:.6g}')
     rows, info = [], {}
@@ -234,12 +235,12 @@ def main(argv=None):
 MODEL_SCHEDULES = ['native', 'karras ρ=7', 'exponential', 'polyexp ρ=2']
 
 
-def model_specs(names, sigma_top, sampler=None):
+def model_specs(names, sampler=None):
     """name -> f(model, n); the package's make_sigmas where it has the schedule ('recommended' resolved for
     `sampler`), schedule_specs otherwise."""
     from kdiff_ztsnr.generation.generate import make_sigmas
     from kdiff_ztsnr.generation.params import SCHEDULES
-    specs = schedule_specs(sigma_top)
+    specs = schedule_specs()
     pkg = {'karras ρ=7': 'karras', **{k: k for k in SCHEDULES}}
     out = {}
     for name in names:
@@ -264,7 +265,7 @@ def main_trained(a):
     t0 = time.perf_counter()
     subject, tasks, floors = subject_and_tasks(a.model, n, n_u, a.scales)
     model = subject.denoiser()
-    specs = model_specs(names, float(model.sigma_max_finite), samplers[0])
+    specs = model_specs(names, samplers[0])
     print(f'schedules: {subject.describe()}; {n} samples per solid prompt, {n_u} for \'\', NFE {nfes}, '
           f'samplers {samplers}')
     records, rows, raw = {}, [], []
