@@ -265,7 +265,8 @@ class TrainedSubject:
         self.config = json.loads(self.pipe.info.get('config', '{}'))
         syn = self.config.get('dataset', {}).get('synthetic')
         if not syn:
-            raise ValueError(f'{spec}: not trained on kdiff_ztsnr.training.data.synthetic; the data metrics need its spec')
+            raise ValueError(f'{spec}: not trained on kdiff_ztsnr.training.data.synthetic; the data metrics need '
+                             'its spec')
         self.syn = syn
         self.width, self.height = (syn.get('sizes') or [[32, 32]])[0]
         self.captions, self.data = training_colours(syn)

@@ -30,6 +30,7 @@ from kdiff_ztsnr.training.data.images import ImageFolderDataset
 from kdiff_ztsnr.training.data.synthetic import make_synthetic_dataset
 
 TINY = tiny_sdxl_configs()
+PARTS = ('a', 'c', 'all')
 BUCKETS = {'max_area': 64 * 64, 'max_side': 64, 'min_side': 64, 'step': 64, 'extra': [[64, 64]]}
 
 
@@ -211,7 +212,7 @@ def table(res: dict) -> str:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--part', choices=['a', 'c', 'all'], default='all')
+    ap.add_argument('--part', choices=PARTS, default='all')
     ap.add_argument('--repeats', type=int, default=30)
     ap.add_argument('--batch', type=int, default=8)
     ap.add_argument('--max-steps', type=int, default=3000)
