@@ -1,5 +1,6 @@
-"""Smoke runs of every benchmark entry point (``python -m benchmarks.NAME --smoke``), in-process, from one registry
-(`SMOKE`): each completes and writes its table (NAME.md, NAME.json) and plot (NAME.png) — into a temporary
+"""Smoke runs of every benchmark entry point (``python -m benchmarks.NAME --smoke``: ``benchmarks.regimes``,
+``benchmarks.schedule_study``, ``benchmarks.hosts``, ``benchmarks.train_sdxl --part a``, …), in-process, from one
+registry (`SMOKE`): each completes and writes its table (NAME.md, NAME.json) and plot (NAME.png) — into a temporary
 folder, not benchmarks/results — and its numbers pass the run's own check. A benchmarks/*.py with a
 ``__main__`` entry and no registry entry fails `test_every_benchmark_entry_point_has_a_smoke_run`. Then unit
 tests of the benchmarks' instruments (benchmarks/common.py, benchmarks/subjects.py)."""
