@@ -30,12 +30,14 @@ import torch
 from torch import Tensor
 
 from kdiff_ztsnr.oracle import exact_model, mixture_denoiser
+from kdiff_ztsnr.schedules import sigmas_from_alphas_cumprod, ztsnr_alphas_cumprod
 
 
 warnings.filterwarnings('ignore', message='Should have tb<=t1')  # torchsde float32 round-off in k-diffusion
 
 RESULTS = Path(__file__).resolve().parent / 'results'
 INF = math.inf
+ZTSNR_TOP = float(sigmas_from_alphas_cumprod(ztsnr_alphas_cumprod())[-2])   # the table's largest finite σ, 2254.24
 
 
 # ---------------------------------------------------------------------------------------------- machine, io
@@ -210,3 +212,22 @@ def posterior_weights(coords: Tensor, sigma: float, draws: int = 200_000, seed: 
     n = torch.randn(draws, y.shape[1], generator=g, dtype=torch.float64)
     logits = (sigma * n @ y.T - 0.5 * (y * y).sum(1)) / var
     return logits.softmax(1).mean(0)
+
+
+def metric_table(rows: list, key_cols: list, tasks: Sequence, records: dict, floors: dict) -> str:
+    """One table per trained-model task (subjects.Task): key columns, then bias / spread / W1 / W1 colour;
+    records[(keys, task)] = subjects.TrainedSubject.measure's dict, floors[task] its perfect-sampler scores."""
+    parts = []
+    for t in tasks:
+        cols = key_cols + ['mean brightness', 'bias', 'spread (std)', 'W1 brightness', 'W1 colour']
+        body = []
+        for keys in rows:
+            m = records[(tuple(keys), t)]
+            body.append(list(keys) + [m['mean'], m['bias'], m['spread'], m['w1'], m['w1_colour']])
+        note = ''
+        if t in floors:
+            f = floors[t]
+            note = (f' (data: brightness std {f["data_spread"]:.3f}; a perfect sampler with n={t.n} scores '
+                    f'W1 {f["w1"]:.4f}, W1 colour {f["w1_colour"]:.4f})')
+        parts.append(f'**{t.label}**, n={t.n}{note}\n\n' + md_table(cols, body))
+    return '\n\n'.join(parts)

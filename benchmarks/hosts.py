@@ -23,6 +23,7 @@ import torch
 
 from benchmarks import common
 from benchmarks.common import md_table
+from benchmarks.subjects import tiny_sdxl_pipeline
 from kdiff_ztsnr import schedule_policy
 from kdiff_ztsnr.denoisers import DiscreteVDenoiser
 from kdiff_ztsnr.guidance import CFGDenoiser
@@ -33,19 +34,6 @@ HOSTS = [('ComfyUI / A1111 / Forge', COMFY_SIGMA_MAX, math.sqrt(1 + COMFY_SIGMA_
          ('diffusers', DIFFUSERS_SIGMA_MAX, DIFFUSERS_SIGMA_MAX),
          ('report A.2 clamp', ZTSNR_CLAMP, ZTSNR_CLAMP)]
 PROMPT, UC, SCALE, RESCALE, SIDE = 'a cat', 'lowres', 5., 0.7, 64
-
-
-def tiny_sdxl():
-    """A tiny SDXL-architecture ZTSNR model with random weights (the shapes of tests/models/test_sdxl.py's)."""
-    from kdiff_ztsnr.models import alphas_cumprod_for, sdxl
-    from kdiff_ztsnr.text import TextConditioner
-    from benchmarks.subjects import tiny_sdxl_configs
-    cfg = tiny_sdxl_configs()
-    torch.manual_seed(0)
-    m = {c: sdxl.build_component(c, cfg[c]) for c in sdxl.COMPONENTS}
-    text = TextConditioner([m['text_encoder'], m['text_encoder_2']], sdxl.sdxl_tokenizers())
-    mean, std = sdxl.latent_stats_for(m['vae'])
-    return sdxl.sdxl_pipeline(m['unet'], m['vae'], text, alphas_cumprod_for(True), mean, std, {'name': 'tiny'})
 
 
 def conditioning(pipe, b: int) -> dict:
@@ -149,7 +137,7 @@ def main(argv=None):
     if a.smoke:
         a.steps, a.seeds, a.schedules, a.samplers = 3, 1, ['karras'], ['euler', 'euler_ancestral']  # large σ₁: first-order check
     out, t0 = common.out_dir(a.out), time.perf_counter()
-    pipe = tiny_sdxl()
+    pipe = tiny_sdxl_pipeline()
     rows = [r for kind in a.schedules for s in a.samplers for r in compare(pipe, s, kind, a.steps, list(range(a.seeds)))]
     checks = diffusers_checks(pipe, a.steps)
     table = md_table(['host convention', 'σ₀', 'sampler', 'schedule', 'σ₁', 'first step rel. Δ',

@@ -3,8 +3,8 @@ interpolated ones, on a trained witness (the embedded model by default): does ro
 
 For each sampler, `generate` runs with its own default schedule ('recommended' for that sampler, 28 steps)
 both ways on the same seeds. Reported per task (``completely black`` / ``completely white`` at CFG 5,
-unconditional at CFG 1): brightness statistics against the training data (benchmarks/trained.py: mean, bias,
-spread, W1, W1 colour) for each setting, and the relative image difference ‖x_q − x‖/‖x‖ (per sample, then
+unconditional at CFG 1): brightness statistics against the training data (subjects.TrainedSubject.measure:
+mean, bias, spread, W1, W1 colour) for each setting, and the relative image difference ‖x_q − x‖/‖x‖ (per sample, then
 the mean and max over samples).
 
     python benchmarks/quantize_timesteps.py              # benchmarks/results/quantize_timesteps.{md,json}
@@ -24,7 +24,7 @@ import torch
 if __package__ in (None, ''):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import common, trained  # noqa: E402
+from benchmarks import common, subjects  # noqa: E402
 
 from kdiff_ztsnr.generation import generate as gen  # noqa: E402
 from kdiff_ztsnr.generation.params import GenerationParams  # noqa: E402
@@ -88,7 +88,7 @@ def main(argv=None) -> dict:
     if args.smoke:
         args.n, args.n_uncond, args.steps = 2, 2, 4
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    subject, tasks, floors = trained.subject_and_tasks(args.model, args.n, args.n_uncond, (5.,))
+    subject, tasks, floors = subjects.subject_and_tasks(args.model, args.n, args.n_uncond, (5.,))
     samplers = SAMPLERS[:2] if args.smoke else args.samplers
     t0 = time.perf_counter()
     rows = run(subject, tasks, samplers, args.steps, args.seed, print)

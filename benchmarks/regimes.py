@@ -21,12 +21,12 @@ spread ratio, the oracle's exact mode assignment (nearest data image) as a TV di
 mixture weights (with the noise floor of a perfect sampler at this sample count), and a closed form: the
 mode weights an exact posterior sampler would give from x = σ₀·n (common.posterior_weights).
 
-The subject is pluggable: ``run(subject, regimes, samplers, …)`` needs only ``Subject``'s methods (a denoiser
+The subject is pluggable: ``run(subject, regimes, samplers, …)`` needs only ``subjects.Subject``'s methods (a denoiser
 factory taking the table clamp, noise, per-prompt extra_args, brightness); data-based metrics are skipped
 when ``subject.reference`` returns None.
 
 ``--model embedded`` (or a trainer checkpoint directory): the trained pixel-space model instead of the oracle
-(``trained.TrainedSubject``: the package's pipeline, sampled as ``generate`` samples it). Prompts "completely
+(``subjects.TrainedSubject``: the package's pipeline, sampled as ``generate`` samples it). Prompts "completely
 black" and "completely white" at CFG scales ``--scales`` (default 5 and 1) and '' at scale 1; the same seeds
 for every regime. Finite starts use generate's ``regime='sigma_max'`` schedule with resolution_aware=False
 (the native ramp re-timed to start at σ₀, equal NFE: ``--schedule retime``, the default for a model); the
@@ -37,13 +37,13 @@ import argparse
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, Sequence
+from typing import Optional, Sequence
 
 import torch
 
-from benchmarks import common
-from kdiff_ztsnr import oracle
+from benchmarks import common, subjects
 from benchmarks.common import INF, fmt_sigma, md_table
+from benchmarks.subjects import OracleSubject, Subject, conditional_dataset
 
 from kdiff_ztsnr import sampling, schedules
 from kdiff_ztsnr.schedules import COMFY_SIGMA_MAX, DIFFUSERS_SIGMA_MAX, SDXL_SIGMA_MAX, ZTSNR_CLAMP
@@ -73,8 +73,7 @@ SAMPLERS = ['euler', 'euler_ancestral', 'dpmpp_2m', 'dpmpp_2m_sde']
 def regime_sigmas(regime: Regime, model, steps: int, mode: str = 'truncate') -> torch.Tensor:
     """The schedule a regime samples with (see the module docstring)."""
     if mode == 'karras':                        # Karras ρ=7 down from σ₀ (from the top finite σ after ∞)
-        sigma_min, top = float(model.sigmas[0]), float(schedules.sigmas_from_alphas_cumprod(
-            schedules.ztsnr_alphas_cumprod())[-2])                           # 2254.24, whatever the clamp
+        sigma_min, top = float(model.sigmas[0]), common.ZTSNR_TOP         # 2254.24, whatever the clamp
         if math.isinf(regime.sigma):
             return schedules.get_sigmas_karras(steps, sigma_min, top, 7.)
         if regime.sigma > top:                   # [σ₀] + the same ramp as from ∞: only the start differs
@@ -92,103 +91,6 @@ def regime_sigmas(regime: Regime, model, steps: int, mode: str = 'truncate') -> 
     sig = model.t_to_sigma(t)
     sig[0] = regime.sigma
     return torch.cat([sig, sig.new_zeros(1)])
-
-
-@dataclass
-class Reference:
-    """What the data says about one prompt (oracle subjects only)."""
-    brightness: torch.Tensor                  # per data image [K_p]
-    rows: torch.Tensor                        # which data images the prompt selects
-    focus: Optional[torch.Tensor] = None      # bool [K_p]: images of the prompt's main class (compliance)
-
-
-class Subject(Protocol):
-    name: str
-    prompts: Sequence[str]
-
-    def denoiser(self, clamp: Optional[float]): ...                # exact table (None) or clamped at σ
-    def noise(self, n: int, seed: int) -> torch.Tensor: ...         # unit-variance noise, same for all regimes
-    def extra_args(self, prompt: str, n: int) -> dict: ...          # per-prompt conditioning
-    def brightness(self, x: torch.Tensor) -> torch.Tensor: ...      # per-sample mean brightness [n]
-    def reference(self, prompt: str) -> Optional[Reference]: ...    # data, when known
-    def modes(self, x: torch.Tensor, prompt: str) -> Optional[torch.Tensor]: ...
-    def predicted(self, prompt: str, sigma: float) -> Optional[torch.Tensor]: ...
-
-
-def conditional_dataset(shape=(4, 104, 152), per_class: int = 8, texture: float = 0.3, seed: int = 0):
-    """[4·per_class, *shape] latents: black (−1), white (+1), mid-grey (0), mixed (half split ±1, or a random
-    level in [−0.8, 0.8]), each plus zero-mean i.i.d. texture. Returns images and class names per image."""
-    g = torch.Generator().manual_seed(seed)
-    c, h, w = shape
-    levels = [torch.full((per_class, c, h, w), v) for v in (-1., 1., 0.)]
-    mixed = torch.empty(per_class, c, h, w)
-    for i in range(per_class):
-        if i < per_class // 2:
-            split = torch.ones(c, h, w)
-            if i % 2:
-                split[:, :, : w // 2] = -1
-            else:
-                split[:, : h // 2] = -1
-            mixed[i] = split * (1 if i % 4 < 2 else -1)
-        else:
-            mixed[i] = torch.empty(1).uniform_(-0.8, 0.8, generator=g)
-    base = torch.cat(levels + [mixed])
-    tex = torch.randn(base.shape, generator=g)
-    tex = tex - tex.mean(dim=(1, 2, 3), keepdim=True)
-    names = ['black'] * per_class + ['white'] * per_class + ['grey'] * per_class + ['mixed'] * per_class
-    return base + texture * tex, names
-
-
-class OracleSubject:
-    """The exact conditional oracle in reduced coordinates (common.ReducedSpace)."""
-    name = 'oracle'
-
-    def __init__(self, shape=(4, 104, 152), per_class: int = 8, s: float = 0.):
-        images, names = conditional_dataset(shape, per_class)
-        self.shape, self.names = shape, names
-        self.space = common.ReducedSpace(images)
-        cls = {n: [i for i, m in enumerate(names) if m == n] for n in ('black', 'white', 'grey', 'mixed')}
-        few_others = cls['grey'][:2] + cls['mixed'][-2:]
-        self.subsets = {
-            'completely black': cls['black'],
-            'completely white': cls['white'],
-            'mostly dark': cls['black'] + few_others,         # a soft preference: 8 dark + 4 others
-            'unconditional': list(range(len(names))),
-        }
-        self.focus = {'completely black': 'black', 'completely white': 'white', 'mostly dark': 'black'}
-        self.prompts = list(self.subsets)
-        self.mixture = oracle.ConditionalMixture(self.space.coords, list(self.subsets.values()), s)
-        self.s = s
-        self.data_brightness = self.space.brightness(self.space.coords)
-        self._models = {}
-
-    def denoiser(self, clamp):
-        if clamp not in self._models:
-            self._models[clamp] = oracle.exact_model(self.mixture, sigma_max=clamp)
-        return self._models[clamp]
-
-    def noise(self, n, seed):
-        return self.space.noise(n, seed)
-
-    def extra_args(self, prompt, n):
-        return {'cond': torch.full((n,), list(self.subsets).index(prompt), dtype=torch.long)}
-
-    def brightness(self, x):
-        return self.space.brightness(x)
-
-    def reference(self, prompt):
-        rows = torch.tensor(self.subsets[prompt])
-        focus = self.focus.get(prompt)
-        mask = None if focus is None else torch.tensor([self.names[i] == focus for i in rows.tolist()])
-        return Reference(self.data_brightness[rows], rows, mask)
-
-    def modes(self, x, prompt):
-        rows = torch.tensor(self.subsets[prompt])
-        return torch.bincount(self.space.nearest(x, rows), minlength=len(rows))
-
-    def predicted(self, prompt, sigma):
-        rows = torch.tensor(self.subsets[prompt])
-        return common.posterior_weights(self.space.coords[rows], sigma, s=self.s)
 
 
 @dataclass
@@ -315,7 +217,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--smoke', action='store_true', help='tiny sizes, for the tests')
     p.add_argument('--model', default='oracle', help="'oracle' (exact closed-form model), 'embedded' or a trainer "
-                   'checkpoint directory (the trained model; see trained.py)')
+                   'checkpoint directory (the trained model; see subjects.TrainedSubject)')
     p.add_argument('--samples', type=int, default=None, help='samples per prompt (default 1024; 32 for a model)')
     p.add_argument('--uncond-samples', type=int, default=None, help="model: samples for '' (default --samples)")
     p.add_argument('--scales', type=float, nargs='+', default=[5., 1.], help='model: CFG scales for the solid prompts')
@@ -392,7 +294,6 @@ def model_sigmas(subject, regime: Regime, steps: int, mode: str) -> torch.Tensor
 
 
 def main_trained(a):
-    from benchmarks import trained
     regimes = list(REGIMES)
     samplers = a.samplers or ['euler_ancestral']
     mode = a.schedule or 'retime'
@@ -402,7 +303,7 @@ def main_trained(a):
     n_u = a.uncond_samples or n
     out = common.out_dir(a.out)
     t0 = time.perf_counter()
-    subject, tasks, floors = trained.subject_and_tasks(a.model, n, n_u, a.scales)
+    subject, tasks, floors = subjects.subject_and_tasks(a.model, n, n_u, a.scales)
     print(f'regimes: {subject.describe()}; {n} samples per solid prompt, {n_u} for \'\', {a.steps} steps, '
           f'schedule={mode}, samplers {samplers}')
     records, rows, raw = {}, [], []
@@ -419,7 +320,7 @@ def main_trained(a):
                 raw.append({'regime': regime.name, 'sigma0': regime.sigma, 'nfe': len(sigmas) - 1, 'sampler': sampler,
                             'prompt': t.prompt, 'scale': t.scale, 'n': t.n, **m})
             print(f'  {regime.name:24s} σ₀={fmt_sigma(regime.sigma):>9s} {sampler} ({time.perf_counter() - t1:.1f}s)')
-    table = trained.metric_table(rows, ['regime', 'σ₀', 'NFE', 'sampler'], tasks, records, floors)
+    table = common.metric_table(rows, ['regime', 'σ₀', 'NFE', 'sampler'], tasks, records, floors)
     table = f'Model: {subject.describe()}\n\n' + table
     print(table)
     name = f'regimes_{subject.name}'

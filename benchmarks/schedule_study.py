@@ -2,7 +2,8 @@
 
     python -m benchmarks.schedule_study [--smoke] [--samples 1024] [--nfe 10 20 28 50] [--threads 1]
 
-Subjects (exact models on the report's canvas, 4×104×152 latents, reduced exactly by common.ReducedSpace):
+Subjects (subjects.study_subjects: exact models on the report's canvas, 4×104×152 latents, reduced exactly by
+common.ReducedSpace):
 
 * train — ``uniform16``: oracle.brightness_dataset(16), brightness uniform over 16 levels in [−1, 1] (the
   issue's subject); ``two-mode``: 12 dark images (levels ≈ −0.6) and 4 bright (≈ +0.8), unequal mode shares.
@@ -14,8 +15,9 @@ Subjects (exact models on the report's canvas, 4×104×152 latents, reduced exac
 Statistics of the 1024 samples (one noise for every schedule) against the data: W1 of per-sample mean
 brightness, |spread − data spread| (spread = std of mean brightness), and the TV of mode shares (nearest data
 image, grouped: each image for uniform16, dark/bright for two-mode and soft prompt, brightness quartiles of
-the components for continuous). Each has a perfect-sampler noise floor: the p90 over 300 trials of the same
-statistic for 1024 i.i.d. draws of the data distribution itself (computed, against 200 000 reference draws).
+the components for continuous). Each has a perfect-sampler noise floor (subjects.PerfectSampler): the p90 over
+300 trials of the same statistic for 1024 i.i.d. draws of the data distribution itself (computed, against
+200 000 reference draws).
 ``score`` = the largest statistic / its floor: ≤ 1 means indistinguishable from a perfect sampler.
 
 Search (``--search``): per sampler at 28 steps, the finite part's family (karras ρ, kl_optimal, exponential,
@@ -27,89 +29,18 @@ schedules_study.{md,json,png} (``--search``: schedules_search.{md,json}).
 import argparse
 import itertools
 import time
-from dataclasses import dataclass, field
 
 import torch
 
 from benchmarks import common
 from benchmarks.common import md_table
+from benchmarks.subjects import STATS, MixtureSubject, PerfectSampler, study_subjects
 from kdiff_ztsnr import sampling, schedule_policy
-from kdiff_ztsnr.oracle import brightness_dataset, exact_model, mixture_denoiser
 
 SAMPLERS = ['euler', 'euler_ancestral', 'dpmpp_2m', 'dpmpp_2m_sde', 'dpmpp_sde', 'dpmpp_3m_sde']
-STATS = ('w1', 'spread', 'tv')
 
 
-@dataclass
-class Subject:
-    name: str
-    images: torch.Tensor            # unique images [K, C, H, W]
-    rows: list                      # the distribution: uniform over these rows (repeats = weights)
-    groups: list                    # group label per image, for mode shares
-    s: float = 0.                   # per-element std around each image
-    held_out: bool = False
-    space: common.ReducedSpace = field(init=False)
-
-    def __post_init__(self):
-        self.space = common.ReducedSpace(self.images, extra=16 if self.s else 0)
-        self.mu = self.space.coords[self.rows]
-        self.model = exact_model(lambda x, sg, c: mixture_denoiser(self.mu, x, sg, self.s))
-        self.group = torch.as_tensor(self.groups)
-        self.n_groups = int(self.group.max()) + 1
-
-    def draw(self, n: int, g: torch.Generator) -> torch.Tensor:
-        """Exact i.i.d. draws of the data distribution, in reduced coordinates."""
-        k = torch.randint(len(self.rows), (n,), generator=g)
-        return self.mu[k] + self.s * torch.randn(n, self.space.dim, generator=g, dtype=torch.float64)
-
-    def shares(self, x: torch.Tensor) -> torch.Tensor:
-        counts = torch.bincount(self.group[self.space.nearest(x)], minlength=self.n_groups).double()
-        return counts / counts.sum()
-
-
-def levels_images(levels, shape, texture=0.3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    tex = torch.randn((len(levels), *shape), generator=g)
-    tex = tex - tex.mean(dim=tuple(range(1, tex.ndim)), keepdim=True)
-    return torch.as_tensor(levels, dtype=torch.float32).view(-1, *[1] * len(shape)) + texture * tex
-
-
-def subjects(shape) -> list:
-    g = torch.Generator().manual_seed(1)
-    two = torch.cat([-0.6 + 0.1 * torch.randn(12, generator=g), 0.8 + 0.1 * torch.randn(4, generator=g)])
-    cont = (0.5 * torch.randn(64, generator=g)).sort().values
-    soft = torch.linspace(-1, 1, 32)
-    return [
-        Subject('uniform16', brightness_dataset(16, shape), list(range(16)), list(range(16))),
-        Subject('two-mode', levels_images(two, shape, seed=2), list(range(16)), [0] * 12 + [1] * 4),
-        Subject('continuous', levels_images(cont, shape, seed=3), list(range(64)),
-                [i * 4 // 64 for i in range(64)], s=0.5, held_out=True),
-        Subject('soft prompt', levels_images(soft, shape, seed=4),
-                list(range(32)) + [i for i in range(32) if soft[i] > 0] * 2, [int(v > 0) for v in soft],
-                held_out=True),
-    ]
-
-
-class Reference:
-    """200 000 exact draws, and the perfect-sampler p90 of each statistic for n draws."""
-
-    def __init__(self, subj: Subject, n: int, trials: int = 300, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.subj = subj
-        self.x = subj.draw(200_000, g)
-        self.b = subj.space.brightness(self.x)
-        self.spread, self.p = self.b.std().item(), subj.shares(self.x)
-        stats = [self.stats(subj.draw(n, g)) for _ in range(trials)]
-        self.floor = {k: torch.tensor([s[k] for s in stats]).quantile(0.9).item() for k in STATS}
-        self.median = {k: torch.tensor([s[k] for s in stats]).median().item() for k in STATS}
-
-    def stats(self, x: torch.Tensor) -> dict:
-        b = self.subj.space.brightness(x)
-        return {'w1': common.w1(b, self.b[::20]), 'spread': abs(b.std().item() - self.spread),
-                'tv': 0.5 * (self.subj.shares(x) - self.p).abs().sum().item(), 'mean_spread': b.std().item()}
-
-
-def run_one(subj: Subject, ref: Reference, noise, sigmas, sampler: str, seed: int) -> dict:
+def run_one(subj: MixtureSubject, ref: PerfectSampler, noise, sigmas, sampler: str, seed: int) -> dict:
     torch.manual_seed(seed)                 # the SDE samplers' Brownian tree and ancestral noise
     out = sampling.SAMPLERS[sampler](subj.model, noise, sigmas, disable=True)
     st = ref.stats(out)
@@ -144,7 +75,7 @@ def search_specs(tops=(100., 250., 500., 1000., 1500., None, 5000., 20000.),
     out = {}
     for top in tops:
         fams = [('karras', r) for r in rhos] + [('kl_optimal', 7.), ('exponential', 7.)]
-        for fam, rho in fams + ([('beta', 7.)] if top is None or top < 2254 else []):
+        for fam, rho in fams + ([('beta', 7.)] if top is None or top < common.ZTSNR_TOP else []):
             spec = schedule_policy.Spec(fam, top, rho)
             out[spec.label] = lambda m, n, sm, sp=spec: schedule_policy.build(m, sp, n)
     return out
@@ -182,7 +113,7 @@ def search(a, subjs, refs, log) -> dict:
 
 def sigma1_table(rows, samplers, rho: float) -> str:
     """The first finite σ (= the top of a Karras ramp of fixed ρ) per sampler: mean score over seeds, and the
-    uniform16 spread (data: the Reference's), every subject."""
+    uniform16 spread (data: the PerfectSampler's), every subject."""
     tops = list(dict.fromkeys(r['sigma1'] for r in rows if r['schedule'].startswith(f'karras ρ={rho:g} ')))
     out = []
     for sm in samplers:
@@ -252,8 +183,8 @@ def main(argv=None):
     if a.smoke:
         a.samples, a.nfe, a.latent, a.samplers, a.seeds = 64, [6], [8, 8], ['euler', 'euler_ancestral'], [0]
     out, t0 = common.out_dir(a.out), time.perf_counter()
-    subjs = subjects((4, *a.latent))
-    refs = [] if a.tables_from else [Reference(s, a.samples, trials=30 if a.smoke else 300) for s in subjs]
+    subjs = study_subjects((4, *a.latent))
+    refs = [] if a.tables_from else [PerfectSampler(s, a.samples, trials=30 if a.smoke else 300) for s in subjs]
     print(f'schedule study: {a.samples} samples, latent 4×{a.latent[0]}×{a.latent[1]}, NFE {a.nfe}, {a.samplers}; '
           f'floors in {time.perf_counter() - t0:.0f}s')
     if a.search:

@@ -17,12 +17,12 @@ against 1000 steps and printed): RMS error per latent element and the fraction o
 the same mode as the reference.
 
 ``--model embedded`` (or a trainer checkpoint directory): the trained pixel-space model instead
-(``trained.TrainedSubject``, sampled as ``generate`` samples it, same seeds for every schedule). Schedules
+(``subjects.TrainedSubject``, sampled as ``generate`` samples it, same seeds for every schedule). Schedules
 (``--schedules``): native, karras ρ=7, exponential (the package's ``schedule_policy.sigmas``: ∞ then the ramp
 from the largest finite table σ, 2254.24) and polyexponential ρ=2 (``schedule_policy.sigmas``'s polyexponential
 has ρ=1, which is the exponential schedule); prompts "completely black"/"completely white" at CFG ``--scales`` (default 5)
 and '' at scale 1. Metrics: brightness bias, spread, W1 brightness and W1 colour to the training images of
-the prompt (trained.py). Writes schedules_NAME.{md,json,png}.
+the prompt (subjects.TrainedSubject.measure). Writes schedules_NAME.{md,json,png}.
 """
 
 import argparse
@@ -32,33 +32,32 @@ import time
 import torch
 
 from benchmarks import common
-from kdiff_ztsnr import oracle
 from benchmarks.common import md_table
-
-from kdiff_ztsnr import sampling, schedules
+from benchmarks.subjects import ConditionalMixture, subject_and_tasks
+from kdiff_ztsnr import oracle, sampling, schedule_policy, schedules
 from kdiff_ztsnr.oracle import brightness_dataset
-
-SIGMA_MIN = 0.029167      # the table's smallest sigma (SDXL and ZTSNR share it)
-
 
 def native_sigma1(model, n):
     return float(model.get_sigmas(n)[1])
 
 
-def schedule_specs(sigma_top: float) -> dict:
-    """name -> f(model, n) giving an n-step schedule [∞, …, 0]."""
-    k, e, pe = schedules.get_sigmas_karras, schedules.get_sigmas_exponential, schedules.get_sigmas_polyexponential
+def schedule_specs() -> dict:
+    """name -> f(model, n) giving an n-step schedule [∞, …, 0]: the package's families (schedule_policy.Spec,
+    built by schedule_policy.build: σ_min and the top σ from the model's table), native's own ramp, and
+    polyexponential ρ=2 (the package's polyexponential has ρ=1, which is the exponential schedule)."""
+    build, spec = schedule_policy.build, schedule_policy.Spec
     return {
         'native': lambda m, n: m.get_sigmas(n),
-        'karras ρ=7': lambda m, n: k(n, SIGMA_MIN, sigma_top, 7.),
-        'exponential': lambda m, n: e(n, SIGMA_MIN, sigma_top),
-        'polyexp ρ=2': lambda m, n: pe(n, SIGMA_MIN, sigma_top, 2.),
+        'karras ρ=7': lambda m, n: build(m, spec('karras'), n),
+        'exponential': lambda m, n: build(m, spec('exponential'), n),
+        'polyexp ρ=2': lambda m, n: schedules.get_sigmas_polyexponential(
+            n, float(m.sigmas[0]), float(m.sigma_max_finite), 2.),
         # designed: keep native's σ₁ (first finite σ), change the ramp below it
-        'karras ρ=7, σ₁=native': lambda m, n: k(n, SIGMA_MIN, native_sigma1(m, n), 7.),
-        'karras ρ=5': lambda m, n: k(n, SIGMA_MIN, sigma_top, 5.),
+        'karras ρ=7, σ₁=native': lambda m, n: build(m, spec('karras', native_sigma1(m, n)), n),
+        'karras ρ=5': lambda m, n: build(m, spec('karras', rho=5.), n),
         # designed: native's ramp, but the first finite σ at ≥ 300 (≈ √d of this canvas; A.2's 136–317)
         'native, σ₁≥300': lambda m, n: native_high_start(m, n, 300.),
-        'exponential σ₁=300': lambda m, n: e(n, SIGMA_MIN, 300.),
+        'exponential σ₁=300': lambda m, n: build(m, spec('exponential', 300.), n),
     }
 
 
@@ -69,9 +68,10 @@ def native_high_start(model, n, sigma_1):
     return torch.cat([torch.tensor([math.inf, s1]), nat])
 
 
-def reference_solve(denoise, noise, steps, top=1e6):
-    """Probability-flow ODE from ∞ on the raw σ-exact denoiser, float64, dpmpp_2m on log-spaced sigmas."""
-    sig = torch.cat([torch.tensor([math.inf]), torch.logspace(math.log10(top), math.log10(SIGMA_MIN), steps - 1,
+def reference_solve(denoise, noise, steps, sigma_min, top=1e6):
+    """Probability-flow ODE from ∞ on the raw σ-exact denoiser, float64, dpmpp_2m on log-spaced sigmas down to
+    sigma_min (the table's smallest σ)."""
+    sig = torch.cat([torch.tensor([math.inf]), torch.logspace(math.log10(top), math.log10(sigma_min), steps - 1,
                                                               dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
     model = lambda x, s, **kw: denoise(x, s, None)  # noqa: E731
     return sampling.sample_dpmpp_2m(model, noise.double(), sig, disable=True)
@@ -79,14 +79,14 @@ def reference_solve(denoise, noise, steps, top=1e6):
 
 def evaluate(subject_name, s, images, specs, nfes, samplers, n_samples, ref_steps, log, seed=0):
     space = common.ReducedSpace(images, extra=16 if s > 0 else 0)
-    mix = oracle.ConditionalMixture(space.coords, [list(range(space.k))], s)
+    mix = ConditionalMixture(space.coords, [list(range(space.k))], s)
     model = oracle.exact_model(mix)
     data_b = space.brightness(space.coords)
     uniform = torch.full((space.k,), 1. / space.k, dtype=torch.float64)
     noise = space.noise(n_samples, seed)
     t0 = time.perf_counter()
-    ref = reference_solve(mix, noise, ref_steps)
-    ref_half = reference_solve(mix, noise, ref_steps // 2)
+    ref = reference_solve(mix, noise, ref_steps, float(model.sigmas[0]))
+    ref_half = reference_solve(mix, noise, ref_steps // 2, float(model.sigmas[0]))
     ref_err = (space.sq_error(ref, ref_half) / space.d).mean().sqrt().item()
     ref_modes = space.nearest(ref)
     ref_counts = torch.bincount(ref_modes, minlength=space.k)
@@ -178,7 +178,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--smoke', action='store_true')
     p.add_argument('--model', default='oracle', help="'oracle' (exact closed-form subjects), 'embedded' or a "
-                   'trainer checkpoint directory (see trained.py)')
+                   'trainer checkpoint directory (see subjects.TrainedSubject)')
     p.add_argument('--schedules', nargs='+', default=None,
                    help='model: schedules to compare (default native, karras ρ=7, exponential, polyexp ρ=2)')
     p.add_argument('--scales', type=float, nargs='+', default=[5.], help='model: CFG scales for the solid prompts')
@@ -207,7 +207,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     images = brightness_dataset(k=16, shape=(4, *a.latent))
     sigma_top = float(oracle.exact_model(lambda x, s, c: x).sigma_max_finite)
-    specs = schedule_specs(sigma_top)
+    specs = schedule_specs()
     print(f'schedules: k=16, latent 4×{a.latent[0]}×{a.latent[1]}, {a.samples} samples, NFE {a.nfe}, '
           f'σ_max for karras/exp = {sigma_top:.6g}')
     rows, info = [], {}
@@ -235,12 +235,12 @@ def main(argv=None):
 MODEL_SCHEDULES = ['native', 'karras ρ=7', 'exponential', 'polyexp ρ=2']
 
 
-def model_specs(names, sigma_top, sampler=None):
+def model_specs(names, sampler=None):
     """name -> f(model, n); the package's schedule_policy.sigmas where it has the schedule ('recommended'
     resolved for `sampler`), schedule_specs otherwise."""
     from kdiff_ztsnr import schedule_policy
     from kdiff_ztsnr.generation.params import SCHEDULES
-    specs = schedule_specs(sigma_top)
+    specs = schedule_specs()
     pkg = {'karras ρ=7': 'karras', **{k: k for k in SCHEDULES}}
     out = {}
     for name in names:
@@ -254,7 +254,6 @@ def model_specs(names, sigma_top, sampler=None):
 
 
 def main_trained(a):
-    from benchmarks import trained
     samplers = a.samplers or ['euler_ancestral']
     names = a.schedules or MODEL_SCHEDULES
     n = a.samples or 32
@@ -264,9 +263,9 @@ def main_trained(a):
     n_u = a.uncond_samples or n
     out = common.out_dir(a.out)
     t0 = time.perf_counter()
-    subject, tasks, floors = trained.subject_and_tasks(a.model, n, n_u, a.scales)
+    subject, tasks, floors = subject_and_tasks(a.model, n, n_u, a.scales)
     model = subject.denoiser()
-    specs = model_specs(names, float(model.sigma_max_finite), samplers[0])
+    specs = model_specs(names, samplers[0])
     print(f'schedules: {subject.describe()}; {n} samples per solid prompt, {n_u} for \'\', NFE {nfes}, '
           f'samplers {samplers}')
     records, rows, raw = {}, [], []
@@ -284,7 +283,7 @@ def main_trained(a):
                     raw.append({'nfe': nfe, 'schedule': name, 'sigma1': float(sigmas[1]), 'sampler': sampler,
                                 'prompt': t.prompt, 'scale': t.scale, 'n': t.n, **m})
         print(f'  NFE {nfe} done ({time.perf_counter() - t1:.0f}s)')
-    table = f'Model: {subject.describe()}\n\n' + trained.metric_table(rows, ['NFE', 'schedule', 'σ₁', 'sampler'],
+    table = f'Model: {subject.describe()}\n\n' + common.metric_table(rows, ['NFE', 'schedule', 'σ₁', 'sampler'],
                                                                        tasks, records, floors)
     rank = {}
     for name in specs:

@@ -25,23 +25,13 @@ from benchmarks import common
 from kdiff_ztsnr import schedules
 from kdiff_ztsnr.losses import min_snr_weight
 from kdiff_ztsnr.models import alphas_cumprod_for, sdxl
-from benchmarks.subjects import tiny_sdxl_configs
-from kdiff_ztsnr.text import TextConditioner
+from benchmarks.subjects import tiny_sdxl_configs, tiny_sdxl_pipeline
 from kdiff_ztsnr.training.data.images import ImageFolderDataset
 from kdiff_ztsnr.training.data.synthetic import make_synthetic_dataset
 
 TINY = tiny_sdxl_configs()
+PARTS = ('a', 'c', 'all')
 BUCKETS = {'max_area': 64 * 64, 'max_side': 64, 'min_side': 64, 'step': 64, 'extra': [[64, 64]]}
-
-
-def tiny_pipeline(vae=None, seed: int = 0):
-    torch.manual_seed(seed)
-    m = {c: sdxl.build_component(c, TINY[c]) for c in sdxl.COMPONENTS}
-    if vae is not None:
-        m['vae'] = vae
-    text = TextConditioner([m['text_encoder'], m['text_encoder_2']], sdxl.sdxl_tokenizers())
-    mean, std = sdxl.latent_stats_for(m['vae'])
-    return sdxl.sdxl_pipeline(m['unet'], m['vae'], text, alphas_cumprod_for(True), mean, std, {'name': 'tiny'})
 
 
 def reset_accelerate() -> None:
@@ -92,7 +82,7 @@ class BareLoop:
 
 def part_a(work: Path, repeats: int, batch: int, n: int = 64) -> dict:
     from kdiff_ztsnr import training
-    pipe = tiny_pipeline()
+    pipe = tiny_sdxl_pipeline()
     sdxl.save_single_file(pipe, work / 'a.safetensors')
     reset_accelerate()
     cfg = trainer_config(work / 'a', work / 'a.safetensors', 10 ** 6, batch, n)
@@ -158,7 +148,7 @@ def part_c(work: Path, max_steps: int, every: int, vae_steps: int, n: int = 64, 
     t0 = time.time()
     vae, mse = fit_vae(root, vae_steps)
     t_vae = time.time() - t0
-    pipe = tiny_pipeline(vae)
+    pipe = tiny_sdxl_pipeline(vae)
     sdxl.save_single_file(pipe, work / 'eps.safetensors')
     from safetensors.torch import load_file, save_file
     sd = {k: v for k, v in load_file(str(work / 'eps.safetensors')).items() if k not in ('v_pred', 'ztsnr')}
@@ -222,7 +212,7 @@ def table(res: dict) -> str:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--part', choices=['a', 'c', 'all'], default='all')
+    ap.add_argument('--part', choices=PARTS, default='all')
     ap.add_argument('--repeats', type=int, default=30)
     ap.add_argument('--batch', type=int, default=8)
     ap.add_argument('--max-steps', type=int, default=3000)

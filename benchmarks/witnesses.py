@@ -1,7 +1,7 @@
 """Trained witnesses for the defaults study: networks made by the package's own trainer, with their data.
 
-``python -m benchmarks.witnesses [--only NAME] [--work DIR]`` (re)builds them; the study calls `pipeline(name)`,
-which trains a missing witness once and caches its checkpoint under --work.
+``python -m benchmarks.witnesses [--only NAME] [--work DIR] [--smoke]`` (re)builds them; the study calls
+`pipeline(name)`, which trains a missing witness once and caches its checkpoint under --work.
 
 * ``embedded`` — the shipped model (`kdiff_ztsnr/assets/embedded`, examples/embedded/config.json): 32×32 pixels,
   synthetic shapes, 30 % solid colours. Used for choosing.
@@ -19,6 +19,7 @@ spread of per-image brightness, share of solid images per prompt — are recompu
 """
 
 import argparse
+import copy
 import functools
 import json
 import time
@@ -131,10 +132,10 @@ def data_images(name: str, cfg: dict = None) -> tuple[np.ndarray, list]:
     return np.stack([im for im, _ in items]).astype(np.float64) / 255, [c for _, c in items]
 
 
-def data_stats(name: str) -> dict:
+def data_stats(name: str, cfg: dict = None) -> dict:
     """Mean and spread (std) of per-image mean brightness over the data (the unconditional target), the
     per-image brightnesses themselves, and per solid prompt its images' mean brightness and share of the data."""
-    ims, caps = data_images(name)
+    ims, caps = data_images(name, cfg)
     b = ims.mean(axis=(1, 2, 3))
     solid = {p: {'share': float(np.mean([c == p for c in caps])),
                  'mean': float(b[[c == p for c in caps]].mean())} for p in SOLID if p in caps}
@@ -142,8 +143,9 @@ def data_stats(name: str) -> dict:
             'solid': solid}
 
 
-def train(name: str, work: Path = WORK) -> Path:
-    """Train the witness with the package's trainer (cached: a finished checkpoint is reused)."""
+def train(name: str, work: Path = WORK, cfg: dict = None) -> Path:
+    """Train the witness with the package's trainer (cached: a finished checkpoint is reused); cfg: its config
+    (default config(name))."""
     from kdiff_ztsnr.training import Trainer
     out = work / name
     done = sorted(out.glob('checkpoint-*[0-9]'))
@@ -151,7 +153,7 @@ def train(name: str, work: Path = WORK) -> Path:
         return done[-1]
     if name == 'latent':
         return train_latent(work)
-    cfg = config(name)
+    cfg = copy.deepcopy(cfg or config(name))
     pc = cfg['dataset'].pop('photo_crops')
     cfg['dataset']['location'] = str(write_photo_dataset(work / f'{name}_data', pc['n'], pc['seed'],
                                                          pc['solid_fraction']))
@@ -166,6 +168,7 @@ def train_latent(work: Path) -> Path:
     """train_sdxl --part c's ε → v run for LATENT_STEPS steps (its VAE fitted first), cached."""
     from safetensors.torch import load_file, save_file
     from benchmarks import train_sdxl
+    from benchmarks.subjects import tiny_sdxl_pipeline
     from kdiff_ztsnr.models import sdxl
     from kdiff_ztsnr.training import Trainer
     from kdiff_ztsnr.training.data.synthetic import make_synthetic_dataset
@@ -173,7 +176,7 @@ def train_latent(work: Path) -> Path:
     root = make_synthetic_dataset(work / 'latent_data', 64, [[64, 64]], 0, 0.5)
     vae, _ = train_sdxl.fit_vae(root, LATENT_VAE_STEPS)
     eps = work / 'latent_eps.safetensors'
-    sdxl.save_single_file(train_sdxl.tiny_pipeline(vae), eps)
+    sdxl.save_single_file(tiny_sdxl_pipeline(vae), eps)
     save_file({k: v for k, v in load_file(str(eps)).items() if k not in ('v_pred', 'ztsnr')}, str(eps))
     train_sdxl.reset_accelerate()
     Trainer(latent_config(work)).run()
@@ -189,15 +192,22 @@ def pipeline(name: str, work: Path = WORK):
     return load_pipeline(ckpt / 'diffusers' if name == 'latent' else ckpt)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--only', default='photos')
     p.add_argument('--work', default=str(WORK))
+    p.add_argument('--smoke', action='store_true', help='the photos witness trained 2 steps on 16 images (plumbing '
+                   'only; give a --work of its own)')
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    print(train(a.only, Path(a.work)) if a.only != 'embedded' else 'embedded ships with the package')
-    st = data_stats(a.only)
+    cfg = None
+    if a.smoke:
+        a.only, cfg = 'photos', photo_config(n=16, steps=2)
+    ckpt = train(a.only, Path(a.work), cfg) if a.only != 'embedded' else None
+    print(ckpt or 'embedded ships with the package')
+    st = data_stats(a.only, cfg)
     print({k: v for k, v in st.items() if k != 'brightness'})
+    return {'checkpoint': ckpt, 'stats': st}
 
 
 if __name__ == '__main__':

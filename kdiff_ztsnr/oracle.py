@@ -6,10 +6,11 @@ A Gaussian mixture around the y_k (component variance s²) adds the shrinkage s�
 
 `exact_model` wraps any such denoiser as the timestep-conditioned v network F(c_in·x, t) inside a
 `DiscreteVDenoiser`, so it goes through the wrapper and the samplers exactly as a trained network would. The
-tests, benchmarks and examples all use it.
+tests, benchmarks and examples all use it (their own instruments built on it live with them: the conditional
+mixture and the subjects in benchmarks/subjects.py, the bare optimal denoiser in tests/helpers.py).
 """
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -40,35 +41,6 @@ def mixture_denoiser(mu: Tensor, x: Tensor, sigma: Tensor, s: float = 0.) -> Ten
 def optimal_denoiser(data: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
     """E[y | y + σ·n = x] for y uniform over data [K, ...]; x [B, ...], sigma [B]; σ = ∞ → the data mean."""
     return mixture_denoiser(data, x, sigma)
-
-
-class ConditionalMixture:
-    """Exact conditional denoiser: prompt p (cond[b] = p) selects the rows subsets[p] of the means mu."""
-
-    def __init__(self, mu: Tensor, subsets: Sequence[Sequence[int]], s: float = 0.):
-        self.mu, self.s = mu.double(), s
-        self.subsets = [torch.as_tensor(list(i), dtype=torch.long) for i in subsets]
-
-    def __call__(self, x: Tensor, sigma: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        if cond is None:
-            return mixture_denoiser(self.mu, x, sigma, self.s)
-        out = torch.empty_like(x)
-        for p in cond.unique().tolist():
-            b = cond == p
-            out[b] = mixture_denoiser(self.mu[self.subsets[p]], x[b], sigma[b], self.s)
-        return out
-
-
-class OracleDenoiser(nn.Module):
-    """The optimal denoiser of `data` as a k-diffusion denoiser: model(x, sigma[B]) -> denoised."""
-
-    def __init__(self, data: Tensor, sigma_data: float = 1.):
-        super().__init__()
-        self.register_buffer('data', data)
-        self.sigma_data = sigma_data
-
-    def forward(self, x: Tensor, sigma: Tensor, **kwargs) -> Tensor:
-        return optimal_denoiser(self.data, x.float(), sigma.float()).to(x.dtype)
 
 
 class OracleVNetwork(nn.Module):

@@ -1,8 +1,24 @@
-"""Plumbing shared by the tests: a tiny trainer checkpoint and the tiny SDXL (as a Pipeline and as files)."""
+"""Plumbing shared by the tests: a tiny trainer checkpoint, the tiny SDXL (as a Pipeline and as files) and the
+bare optimal denoiser of a dataset."""
 
 from typing import Optional
 
-from benchmarks.subjects import tiny_sdxl_configs
+from torch import Tensor, nn
+
+from benchmarks.subjects import tiny_sdxl_configs, tiny_sdxl_pipeline
+from kdiff_ztsnr.oracle import optimal_denoiser
+
+
+class OracleDenoiser(nn.Module):
+    """The optimal denoiser of `data` as a k-diffusion denoiser: model(x, sigma[B]) -> denoised."""
+
+    def __init__(self, data: Tensor, sigma_data: float = 1.):
+        super().__init__()
+        self.register_buffer('data', data)
+        self.sigma_data = sigma_data
+
+    def forward(self, x: Tensor, sigma: Tensor, **kwargs) -> Tensor:
+        return optimal_denoiser(self.data, x.float(), sigma.float()).to(x.dtype)
 
 
 def tiny_train_config(out, n: int = 8, solid_fraction: float = 0.25) -> dict:
@@ -47,15 +63,7 @@ def comfy_tiny_configs() -> dict:
 
 def tiny_pipeline(zero_terminal_snr: bool = True, configs: Optional[dict] = None):
     """A randomly initialised (seed 0) tiny SDXL as the package's Pipeline (configs: default TINY)."""
-    import torch
-    from kdiff_ztsnr.models import alphas_cumprod_for, sdxl
-    from kdiff_ztsnr.text import TextConditioner
-    torch.manual_seed(0)
-    m = {c: sdxl.build_component(c, (configs or TINY)[c]) for c in sdxl.COMPONENTS}
-    text = TextConditioner([m['text_encoder'], m['text_encoder_2']], sdxl.sdxl_tokenizers())
-    mean, std = sdxl.latent_stats_for(m['vae'])
-    return sdxl.sdxl_pipeline(m['unet'], m['vae'], text, alphas_cumprod_for(zero_terminal_snr), mean, std,
-                              {'name': 'tiny'})
+    return tiny_sdxl_pipeline(zero_terminal_snr=zero_terminal_snr, configs=configs or TINY)
 
 
 def write_tiny_sdxl(root, configs: Optional[dict] = None, folder: bool = True) -> dict:

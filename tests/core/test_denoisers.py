@@ -5,7 +5,7 @@ import torch
 from k_diffusion import external
 
 from kdiff_ztsnr import CompVisVDenoiser, DiscreteVDenoiser, VDenoiser, schedules, v_scalings
-from kdiff_ztsnr.oracle import OracleDenoiser
+from tests.helpers import OracleDenoiser
 
 INF = math.inf
 

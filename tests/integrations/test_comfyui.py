@@ -19,7 +19,8 @@ import torch
 from kdiff_ztsnr import schedule_policy, schedules
 from kdiff_ztsnr.guidance import CFGDenoiser
 from kdiff_ztsnr.integrations.comfyui import sampler as comfy_sampler
-from kdiff_ztsnr.oracle import ConditionalMixture, brightness_dataset, exact_model
+from benchmarks.subjects import ConditionalMixture
+from kdiff_ztsnr.oracle import brightness_dataset, exact_model
 from kdiff_ztsnr.sampling import SAMPLERS, BrownianTreeNoiseSampler
 
 PACK = Path(__file__).parents[2] / 'kdiff_ztsnr' / 'integrations' / 'comfyui'
