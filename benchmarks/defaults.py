@@ -247,6 +247,38 @@ def plot(rows: list, path) -> None:
     common.save_figure(fig, path, 'Schedules on trained witnesses: solid prompts and unconditional spread')
 
 
+def read_rows(sources: str) -> tuple[list, dict]:
+    """Rows and per-witness data of a results JSON, or of comma-separated JSONL row logs (--rows-log): there a
+    repeated case keeps the row with unconditional samples, and a witness keeps data with a perfect-sampler band."""
+    if not sources.endswith('.jsonl'):
+        payload = json.loads(open(sources).read())
+        return payload['rows'], payload['data']
+    rows = [json.loads(line) for f in sources.split(',') for line in open(f)]
+    data = {}
+    for r in rows:                           # a run with --n-uncond 0 has no perfect-sampler band: keep one that has
+        d = r.pop('data')
+        if r['witness'] not in data or data[r['witness']]['band']['n'] == 0:
+            data[r['witness']] = d
+    best = {}
+    for r in rows:                           # one row per case: a repeated case keeps the one with '' samples
+        key = (r['witness'], r['sampler'], r['steps'], r['schedule'])
+        if key not in best or 'uncond' in r:
+            best[key] = r
+    return list(best.values()), data
+
+
+def replace_rows(rows: list, data: dict, new: list, new_data: dict) -> tuple[list, dict]:
+    """A re-measurement: `new` replaces every row of the same witness, sampler and steps (all its schedules, solid
+    and unconditional), the other rows stay; rows ordered by witness, sampler (first seen), steps; witnesses new
+    to `data` take `new_data`'s statistics."""
+    cases = {(r['witness'], r['sampler'], r['steps']) for r in new}
+    merged = [r for r in rows if (r['witness'], r['sampler'], r['steps']) not in cases] + list(new)
+    order = {k: {v: i for i, v in enumerate(dict.fromkeys(r[k] for r in rows + list(new)))}
+             for k in ('witness', 'sampler')}
+    merged.sort(key=lambda r: (order['witness'][r['witness']], order['sampler'][r['sampler']], r['steps']))
+    return merged, {**new_data, **data}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--smoke', action='store_true')
@@ -263,7 +295,11 @@ def main(argv=None) -> dict:
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--work', default=str(witnesses.WORK), help='where trained witnesses are cached')
     p.add_argument('--name', default='defaults_study')
-    p.add_argument('--tables-from', default=None, help='re-tabulate the rows of this JSON, run nothing')
+    p.add_argument('--tables-from', default=None, help='re-tabulate the rows of this JSON (or of comma-separated '
+                   '--rows-log files), run nothing')
+    p.add_argument('--replace-from', default=None, help='with --tables-from: rows (JSON or .jsonl logs, as there) '
+                   'that replace its rows of the same witness, sampler and steps')
+    p.add_argument('--note', action='append', default=[], help='a line written under the md header (repeatable)')
     p.add_argument('--out', default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -277,29 +313,16 @@ def main(argv=None) -> dict:
         specs = {k: specs[k] for k in a.schedules}
     out, t0 = common.out_dir(a.out), time.perf_counter()
     if a.tables_from:
-        payload = {} if a.tables_from.endswith('.jsonl') else json.loads(open(a.tables_from).read())
-        if a.tables_from.endswith('.jsonl'):
-            rows = [json.loads(line) for f in a.tables_from.split(',') for line in open(f)]
-            data = {}
-            for r in rows:                   # a run with --n-uncond 0 has no perfect-sampler band: keep one that has
-                d = r.pop('data')
-                if r['witness'] not in data or data[r['witness']]['band']['n'] == 0:
-                    data[r['witness']] = d
-            best = {}
-            for r in rows:                   # one row per case: a repeated case keeps the one with '' samples
-                key = (r['witness'], r['sampler'], r['steps'], r['schedule'])
-                if key not in best or 'uncond' in r:
-                    best[key] = r
-            rows = list(best.values())
-        else:
-            rows, data = payload['rows'], payload['data']
+        rows, data = read_rows(a.tables_from)
+        if a.replace_from:
+            rows, data = replace_rows(rows, data, *read_rows(a.replace_from))
     else:
         rows, data = [], {}
         for w in a.witnesses:
             r, data[w] = run_witness(w, a, specs, print)
             rows += r
     paired_spread(rows)
-    text = summary(rows) + '\n\n' + tables(rows, data)
+    text = ''.join(f'{n}\n\n' for n in a.note) + summary(rows) + '\n\n' + tables(rows, data)
     print(text)
     plot(rows, out / f'{a.name}.png')
     payload = {'args': {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}, 'rows': rows,
