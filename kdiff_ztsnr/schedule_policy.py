@@ -48,8 +48,7 @@ class Spec:
 # σ is raised ×side/base_side (report §2.3: the σ that decides composition doubles per doubled side), the
 # t-uniform ramp running from there. From KARRAS_FROM_STEPS on, Karras ρ=7 from the table's top (more steps at
 # high σ: more unconditional spread at equal solid-prompt accuracy), except for the samplers that measured no
-# better or worse with it (NATIVE_ALWAYS; dpmpp_2s_ancestral since the 2026-12-04 rows: at 50 steps only native meets
-# the bar, 0.049 / 0.960 vs Karras 0.055 / 0.954, and at 28 both do, native 0.037 / 0.972).
+# better or worse with it (NATIVE_ALWAYS; the rows that decided it: benchmarks/README.md §3c).
 KARRAS_FROM_STEPS = 28
 NATIVE_ALWAYS = frozenset({'dpm_2_ancestral', 'dpmpp_sde', 'dpmpp_2m_sde', 'dpmpp_2s_ancestral'})
 
