@@ -81,12 +81,22 @@ def profile_wrapper(sizes=((1, 4, 32, 32), (2, 4, 104, 152)), repeats=61, inner=
     (a) wall time of the pieces and of hybrids (k-diffusion's forward with one of our pieces swapped in; ours
     without its dtype handling), interleaved medians; (b) torch.profiler's count and self time of the aten ops
     per call."""
-    from k_diffusion import utils
-    from torch.profiler import ProfilerActivity, profile
-
-    z = schedules.ztsnr_alphas_cumprod()
     theirs = external.DiscreteVDDPMDenoiser(Null(), schedules.sdxl_alphas_cumprod().float(), False)
-    ours = DiscreteVDenoiser(Null(), z)
+    ours = DiscreteVDenoiser(Null(), schedules.ztsnr_alphas_cumprod())
+    rows, raw = wrapper_pieces(theirs, ours, sizes, repeats, inner)
+    parts = ['(a) wall time, interleaved medians\n\n' + md_table(['x shape', 'what', 'µs', '× k-diffusion call'], rows)]
+    rows, raw_ops = wrapper_ops(theirs, ours, sizes[0], profiled_calls)
+    raw.update(raw_ops)
+    parts.append(f'(b) aten ops per call (torch.profiler, {profiled_calls} calls, x {"×".join(map(str, sizes[0]))}; '
+                 'op self times include the profiler\'s own per-op cost)\n\n' +
+                 md_table(['wrapper', 'wall µs (no profiler)', 'aten ops/call', 'aten self µs/call (profiled)',
+                           'top ops: count, µs'], rows))
+    return '\n\n'.join(parts), raw
+
+
+def wrapper_pieces(theirs, ours, sizes, repeats: int, inner: int) -> tuple[list, dict]:
+    """(a): interleaved median wall time of each wrapper, its pieces and hybrids, per x shape."""
+    from k_diffusion import utils
 
     def forward(scalings, sigma_to_t, net):        # k-diffusion's DiscreteVDDPMDenoiser.forward, pieces given
         def f(x, sigma):
@@ -97,8 +107,7 @@ def profile_wrapper(sizes=((1, 4, 32, 32), (2, 4, 104, 152)), repeats=61, inner=
     ours_inline = forward(ours.get_scalings, ours.sigma_to_t, ours.inner_model)     # = ours minus dtype handling
     kd_our_t = forward(theirs.get_scalings, ours.sigma_to_t, theirs.inner_model)
     kd_our_scalings = forward(ours.get_scalings, theirs.sigma_to_t, theirs.inner_model)
-    parts, raw = [], {}
-    rows = []
+    raw, rows = {}, []
     for shape in sizes:
         x, sig = torch.randn(shape), torch.full((shape[0],), 5.)
         fns = {
@@ -118,9 +127,14 @@ def profile_wrapper(sizes=((1, 4, 32, 32), (2, 4, 104, 152)), repeats=61, inner=
         base = t['k-diffusion call']
         raw[str(shape)] = t
         rows += [['×'.join(map(str, shape)), k, v * 1e6, v / base] for k, v in t.items()]
-    parts.append('(a) wall time, interleaved medians\n\n' + md_table(['x shape', 'what', 'µs', '× k-diffusion call'], rows))
-    x, sig = torch.randn(sizes[0]), torch.full((sizes[0][0],), 5.)
-    rows = []
+    return rows, raw
+
+
+def wrapper_ops(theirs, ours, shape, profiled_calls: int) -> tuple[list, dict]:
+    """(b): torch.profiler's count and self time of the aten ops per call of each wrapper."""
+    from torch.profiler import ProfilerActivity, profile
+    x, sig = torch.randn(shape), torch.full((shape[0],), 5.)
+    rows, raw = [], {}
     for name, m in (('k-diffusion', theirs), ('ours', ours)):
         with torch.no_grad():
             for _ in range(20):
@@ -137,11 +151,7 @@ def profile_wrapper(sizes=((1, 4, 32, 32), (2, 4, 104, 152)), repeats=61, inner=
                      ', '.join(f'{e.key[6:]} {e.count / profiled_calls:g}× {e.self_cpu_time_total / profiled_calls:.1f}'
                                for e in top)])
         raw[f'ops {name}'] = {'wall': wall, 'ops': ops, 'aten_us': aten}
-    parts.append(f'(b) aten ops per call (torch.profiler, {profiled_calls} calls, x {"×".join(map(str, sizes[0]))}; '
-                 'op self times include the profiler\'s own per-op cost)\n\n' +
-                 md_table(['wrapper', 'wall µs (no profiler)', 'aten ops/call', 'aten self µs/call (profiled)',
-                           'top ops: count, µs'], rows))
-    return '\n\n'.join(parts), raw
+    return rows, raw
 
 
 # ------------------------------------------------------------------------------------------ 2. calls
@@ -312,19 +322,8 @@ def main(argv=None):
     parts.append(f'**4. Bucket epoch planning, {n_plan:,} sizes (one core)**\n\n' + tab)
     payload['buckets'] = raw
     print(parts[-1])
-    rows, raws = [], []
-    for cfg, side, batch in trainer_cases:
-        row, raw = trainer_overhead(tr_rep, cfg, side, batch)
-        if raw is None:
-            rows = None
-            parts.append('**5. Trainer step overhead**\n\n' + row)
-            break
-        rows.append(row)
-        raws.append(raw)
-    if rows is not None:
-        parts.append('**5. Trainer step vs bare loop (same model, batch, conditioning, optimizer; EMA in both)**'
-                     '\n\n' + md_table(['model / batch', 'bare ms/step', 'Trainer ms/step', 'ratio'], rows))
-    payload['trainer'] = raws
+    tab, payload['trainer'] = trainer_table(trainer_cases, tr_rep)
+    parts.append(tab)
     print(parts[-1])
     table = '\n\n'.join(parts)
     plot(payload, out / 'performance.png')
@@ -332,6 +331,19 @@ def main(argv=None):
     common.write_outputs(out, 'performance', table, payload)
     print(f'wrote {out / "performance.png"} ({time.perf_counter() - t0:.0f}s)')
     return payload
+
+
+def trainer_table(cases, repeats: int) -> tuple[str, list]:
+    """Section 5: the Trainer's step time against a bare loop, per (model config, side, batch) case."""
+    rows, raws = [], []
+    for cfg, side, batch in cases:
+        row, raw = trainer_overhead(repeats, cfg, side, batch)
+        if raw is None:
+            return '**5. Trainer step overhead**\n\n' + row, raws
+        rows.append(row)
+        raws.append(raw)
+    return ('**5. Trainer step vs bare loop (same model, batch, conditioning, optimizer; EMA in both)**\n\n' +
+            md_table(['model / batch', 'bare ms/step', 'Trainer ms/step', 'ratio'], rows)), raws
 
 
 def plot(payload, path):

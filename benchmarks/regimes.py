@@ -213,7 +213,7 @@ def plot(records, th, regimes, samplers, prompts, path):
     common.save_figure(fig, path, 'Start-σ regimes (x-axis: σ₀), exact oracle; bias = sample mean − data mean')
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--smoke', action='store_true', help='tiny sizes, for the tests')
     p.add_argument('--model', default='oracle', help="'oracle' (exact closed-form model), 'embedded' or a trainer "
@@ -231,7 +231,11 @@ def main(argv=None):
                    help='second pass: every regime at this many native steps (start-σ effect alone); 0: skip')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default=None, help='output folder (default benchmarks/results)')
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.model != 'oracle':
@@ -269,14 +273,16 @@ def main(argv=None):
     print(table)
     plot(records, th, regimes, samplers, subject.prompts, out / 'regimes.png')
     payload = {'args': vars(a), 'reduction_check': check, 'seconds': time.perf_counter() - t0,
-               'records': [{'regime': r.regime.name, 'sigma0': r.regime.sigma, 'sampler': r.sampler,
-                            'prompt': r.prompt, 'nfe': r.nfe, **r.metrics} for r in records],
-               'converged': [{'regime': r.regime.name, 'sigma0': r.regime.sigma, 'sampler': r.sampler,
-                              'prompt': r.prompt, 'nfe': r.nfe, **r.metrics} for r in conv],
+               'records': rows_of(records), 'converged': rows_of(conv),
                'theory': [{'regime': k[0], 'prompt': k[1], **v} for k, v in th.items()]}
     common.write_outputs(out, 'regimes', table, payload)
     print(f'wrote {out / "regimes.png"}, regimes.md, regimes.json ({time.perf_counter() - t0:.0f}s)')
     return payload
+
+
+def rows_of(records: list[Record]) -> list[dict]:
+    return [{'regime': r.regime.name, 'sigma0': r.regime.sigma, 'sampler': r.sampler, 'prompt': r.prompt,
+             'nfe': r.nfe, **r.metrics} for r in records]
 
 
 # ---------------------------------------------------------------------------------------------- trained model

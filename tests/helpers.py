@@ -1,6 +1,9 @@
 """Plumbing shared by the tests: a tiny trainer checkpoint, the tiny SDXL (as a Pipeline and as files) and the
 bare optimal denoiser of a dataset."""
 
+import os
+import subprocess
+import sys
 from typing import Optional
 
 from torch import Tensor, nn
@@ -19,6 +22,17 @@ class OracleDenoiser(nn.Module):
 
     def forward(self, x: Tensor, sigma: Tensor, **kwargs) -> Tensor:
         return optimal_denoiser(self.data, x.float(), sigma.float()).to(x.dtype)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fresh_python(code: str) -> str:
+    """What `code` prints in a fresh interpreter on this checkout (for what an import loads by itself)."""
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=False, env={**os.environ, 'PYTHONPATH': ROOT})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip()
 
 
 def tiny_train_config(out, n: int = 8, solid_fraction: float = 0.25) -> dict:

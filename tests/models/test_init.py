@@ -1,15 +1,11 @@
 """kdiff_ztsnr.models' public API: each exported name is its submodule's object, imported on first use."""
 
 import importlib
-import os
-import subprocess
-import sys
 
 import pytest
 
 from kdiff_ztsnr import models
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import fresh_python
 
 
 @pytest.mark.parametrize('name, module', sorted(models._EXPORTS.items()))
@@ -27,7 +23,4 @@ def test_unknown_name_is_an_attribute_error_naming_it():
 def test_importing_a_submodule_imports_no_other():
     code = ('import sys, kdiff_ztsnr.models.alphas; '
             'print(sorted(m for m in sys.modules if m.startswith("kdiff_ztsnr.models.")))')
-    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, 'PYTHONPATH': ROOT})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "['kdiff_ztsnr.models.alphas']"
+    assert fresh_python(code) == "['kdiff_ztsnr.models.alphas']"

@@ -2,15 +2,11 @@
 the command line builds its parser without torch)."""
 
 import importlib
-import os
-import subprocess
-import sys
 
 import pytest
 
 from kdiff_ztsnr import training
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import fresh_python
 
 
 @pytest.mark.parametrize('name, module', sorted(training._EXPORTS.items()))
@@ -27,7 +23,4 @@ def test_unknown_name_is_an_attribute_error_naming_it():
 def test_importing_the_package_imports_neither_torch_nor_a_submodule():
     code = ('import sys, kdiff_ztsnr.training; '
             'print("torch" in sys.modules, sorted(m for m in sys.modules if m.startswith("kdiff_ztsnr.training.")))')
-    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, 'PYTHONPATH': ROOT})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == 'False []'
+    assert fresh_python(code) == 'False []'
