@@ -59,7 +59,7 @@ class SDXLTraining:
         if tc.get('compile'):
             unet.compile()                      # in place: state-dict keys unchanged
         self.inner = SDXLUNetInner(unet, self.factor)
-        self.ztsnr = bool(mc.get('zero_terminal_snr', True))
+        self.zero_terminal_snr = bool(mc.get('zero_terminal_snr', True))
         self.save_single = tc.get('save_single_file', True)
         self.save_diffusers = tc.get('save_diffusers', False)
 
@@ -98,8 +98,9 @@ class SDXLTraining:
     def pipeline(self, inner: SDXLUNetInner, text: Optional[TextConditioner] = None):
         """The package's Pipeline around a (trained) UNet, the VAE and the (given or own) encoders, e.g. for
         previews."""
-        return sdxl_pipeline(inner.unet, self.vae, text or self.text, alphas_cumprod_for(self.ztsnr), self.mean,
-                             self.std, {'name': 'preview', 'prediction_type': 'v', 'zero_terminal_snr': self.ztsnr})
+        zt = self.zero_terminal_snr
+        return sdxl_pipeline(inner.unet, self.vae, text or self.text, alphas_cumprod_for(zt), self.mean, self.std,
+                             {'name': 'preview', 'prediction_type': 'v', 'zero_terminal_snr': zt})
 
     train_text: bool
     previews = True                          # preview grids through the package's Pipeline
