@@ -20,15 +20,15 @@ from PIL import Image, PngImagePlugin
 
 from . import names
 from ..errors import ParamError
+from .params import OLD_NAMES
 
 STEALTH_MAGIC = b'stealth_pngcomp'
 MAX_METADATA = 1 << 20                 # bytes of decompressed JSON / text read back
 MAX_ALPHA_PIXELS = 1 << 26             # larger images are not decoded for alpha metadata
 
-# The keys of the JSON (Comment chunk, alpha channel) that differ from the parameters' names: the file format,
-# kept from the parameters' earlier names (params.OLD_NAMES). Written by save_png, read back by read_metadata.
-FILE_KEYS = {'regime': 'ztsnr', 'sigma_start': 'sigma_max'}
-PARAM_KEYS = {v: k for k, v in FILE_KEYS.items()}
+# The keys of the JSON (Comment chunk, alpha channel) that differ from the parameters' names: the file format
+# keeps the parameters' earlier names (params.OLD_NAMES). Written by save_png, read back by read_metadata.
+FILE_KEYS = {new: old for old, new in OLD_NAMES.items()}
 # A1111 labels for the parameters (order kept when writing); A1111/Forge's own fields first, as they write them.
 A1111_KEYS = {'steps': 'Steps', 'sampler': 'Sampler', 'noise_schedule': 'Schedule type', 'scale': 'CFG scale',
               'seed': 'Seed', 'model': 'Model', 'strength': 'Denoising strength', 'cfg_rescale': 'CFG rescale',
@@ -53,8 +53,8 @@ def to_file(params: dict) -> dict:
 
 
 def from_file(found: dict) -> dict:
-    """A file's JSON keys as the parameters' names (FILE_KEYS read backwards), in their order."""
-    return {PARAM_KEYS.get(k, k): v for k, v in found.items()}
+    """A file's JSON keys as the parameters' names (OLD_NAMES), in their order."""
+    return {OLD_NAMES.get(k, k): v for k, v in found.items()}
 
 
 def model_hash(model) -> Optional[str]:

@@ -116,7 +116,7 @@ class ZTSNRScheduler(SchedulerMixin, ConfigMixin):
             if num_inference_steps is None:
                 raise ValueError('give num_inference_steps, timesteps or sigmas')
             s = schedule_policy.sigmas(self.table, self.config.schedule, num_inference_steps,
-                                           sampler=self.config.sampler)
+                                       sampler=self.config.sampler)
         if s[-1] != 0:
             s = torch.cat([s, s.new_zeros([1])])
         schedules.validate_sigmas(s)
